@@ -1,0 +1,41 @@
+"""The unified table: beep-data-utils' "unified CSV" schema, one row per measured time step.
+
+Column order is exact (original-workflow.md §1.2). Units are the source's (Severson: time in minutes,
+capacities in Ah, temperature in °C); nothing is normalised.
+"""
+
+UNIFIED_COLUMNS: list[str] = [
+    "cell_key",            # cell id, e.g. b1c0
+    "cycle_number",        # 0-based cycle index (int; float in some other datasets)
+    "time",                # time within the cycle
+    "cycle_life",          # cycles to 80% capacity (int), after the batch-2 carry-over merge
+    "discharge_policy",    # constant 400 for the Severson data (int)
+    "current",             # C-rate / A as in the source
+    "voltage",             # V
+    "charge_capacity",     # Qc, Ah
+    "discharge_capacity",  # Qd, Ah
+    "temperature",         # °C
+    "batch_number",        # 1..3 (int)
+    "discharge_dQdV",      # dQ/dV on the source's 1000-point voltage grid; empty past its end
+    "charge_policy_Q1",    # mean C-rate over SOC 0-25%
+    "charge_policy_Q2",    # ... 25-50%
+    "charge_policy_Q3",    # ... 50-75%
+    "charge_policy_Q4",    # ... 75-100%
+]
+
+ID_COLUMN = "cell_key"
+CYCLE_COLUMN = "cycle_number"
+TIME_COLUMN = "time"
+
+# Without these a table cannot be used; the others are reported when absent (other chemistries lack some).
+REQUIRED_COLUMNS: list[str] = [
+    "cell_key", "cycle_number", "time", "current", "voltage",
+    "charge_capacity", "discharge_capacity", "temperature",
+]
+OPTIONAL_COLUMNS: list[str] = [c for c in UNIFIED_COLUMNS if c not in REQUIRED_COLUMNS]
+
+# Integer columns of the original layout (cycle_number may also be float: other datasets).
+INTEGER_COLUMNS: list[str] = ["cycle_number", "cycle_life", "discharge_policy", "batch_number"]
+# Columns that may legitimately be empty (null) in real files.
+NULLABLE_COLUMNS: list[str] = ["discharge_dQdV"]
+CHARGE_POLICY_COLUMNS: list[str] = [f"charge_policy_Q{i}" for i in range(1, 5)]
