@@ -2,13 +2,14 @@
 Parquet directory (one ``<cell_key>.parquet`` per cell + ``_manifest.json``; see ``msenc_lib.data.unified``).
 
 The output is written through ``storage.publish``: on any error nothing is left at the output URI.
+Validation (``msenc_lib.data.validate``) runs per input file: a cell split over several files is
+concatenated in file order, and its time order is checked within each file.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
 from typing import Literal
 
@@ -58,18 +59,12 @@ class IngestResult(BaseModel):
     seconds: float
 
 
-def _bar(iterable, total, desc, enabled):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=not enabled, dynamic_ncols=True,
-                leave=False)
-
-
 def _ingest_tables(files: list[str], fmt: str, config: IngestConfig, writer, report: ValidationReport) -> None:
     from msenc_lib import storage
     from msenc_lib.data.readers import read_csv_file, read_parquet_file
+    from msenc_lib.data.unified import progress_bar
 
-    for uri in _bar(files, len(files), "reading files", config.progress and len(files) > 1):
+    for uri in progress_bar(files, len(files), "reading files", config.progress and len(files) > 1, unit="file"):
         with storage.local_copy(uri) as local:
             mark = writer.mark()
             if fmt == "csv":
@@ -83,6 +78,7 @@ def _ingest_tables(files: list[str], fmt: str, config: IngestConfig, writer, rep
 def _ingest_severson(files: list[str], fmt: str, config: IngestConfig, writer, report: ValidationReport) -> None:
     from msenc_lib import storage
     from msenc_lib.data import severson
+    from msenc_lib.data.unified import progress_bar
     from msenc_lib.data.validate import UnifiedValidator
 
     with contextlib.ExitStack() as stack:
@@ -92,11 +88,11 @@ def _ingest_severson(files: list[str], fmt: str, config: IngestConfig, writer, r
             if hasattr(b, "close"):
                 stack.callback(b.close)
         sources = {n: files[i] for i, n in enumerate(batches)}
-        validators = {n: UnifiedValidator(sources[n], allow_nan=config.allow_nan,
-                                          row_meaning="1-based row of the cell, cycles in order") for n in batches}
+        validators = {n: UnifiedValidator(sources[n], allow_nan=config.allow_nan, row_meaning=severson.ROW_MEANING)
+                      for n in batches}
         total = sum(len(b) for b in batches.values())
         cells = severson.clean_batches(batches, report, cleaning=config.severson_cleaning)
-        for number, key, cell in _bar(cells, total, "reading cells", config.progress):
+        for number, key, cell in progress_bar(cells, total, "reading cells", config.progress):
             table = severson.cell_to_table(key, cell, number, sources[number], report,
                                            include_ir=config.include_internal_resistance)
             writer.add(key, validators[number].validate_batch(table, 0))

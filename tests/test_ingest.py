@@ -169,3 +169,27 @@ def test_s3_failure_leaves_nothing(small, tmp_path, s3):
     with pytest.raises(InputDataError, match="voltage"):
         run_ingest(CFG, s3.uri("raw"), s3.uri("unified"))
     assert s3.keys("unified/") == []
+
+
+def test_reread_after_a_late_type_change_keeps_each_row_once(small, tmp_path):
+    df = small.copy()
+    df["cycle_number"] = df["cycle_number"].astype(object)
+    df.loc[len(df) - 1, "cycle_number"] = 4.5  # the first blocks look like integers
+    df.to_csv(tmp_path / "x.csv", index=False)
+    result = run_ingest(IngestConfig(progress=False, csv_block_size=4096), str(tmp_path / "x.csv"),
+                        str(tmp_path / "out"))
+    back = pd.read_parquet(tmp_path / "out")
+    assert result.n_rows == len(back) == len(df) and back.cycle_number.dtype == "float64"
+    assert sorted(back.cycle_number.unique())[-1] == 4.5
+
+
+def test_cell_keys_that_are_not_file_names(small, tmp_path):
+    df = small[small.cell_key.isin(["b1c0", "b1c1", "b2c0"])].copy()
+    df["cell_key"] = df["cell_key"].map({"b1c0": "cell/1", "b1c1": "_hidden", "b2c0": "x y"})
+    df.to_csv(tmp_path / "x.csv", index=False)
+    run_ingest(CFG, str(tmp_path / "x.csv"), str(tmp_path / "out"))
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.parquet"))
+    assert names == ["%5Fhidden.parquet", "cell%2F1.parquet", "x%20y.parquet"]
+    assert len(pd.read_parquet(tmp_path / "out")) == len(df)  # none hidden from pandas
+    got = read_unified(str(tmp_path / "out"), cells=["_hidden"])
+    assert set(got.cell_key) == {"_hidden"} and len(got) == int((df.cell_key == "_hidden").sum())

@@ -137,3 +137,16 @@ def test_existing_output_is_an_error(tmp_path):
     with pytest.raises(StorageError):
         run_generate_data(GenerateDataConfig(progress=False, n_cells=1, last_cycle=3), str(tmp_path / "x"))
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_generate_to_s3_matches_local(tmp_path, s3):
+    from msenc_lib import storage
+
+    cfg = GenerateDataConfig(n_cells=2, last_cycle=3, seed=4, progress=False)
+    run_generate_data(cfg, str(tmp_path / "local"))
+    result = run_generate_data(cfg, s3.uri("raw"))
+    assert result.manifest_uri == s3.uri("raw", "_manifest.json")
+    local = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert sorted(k.split("/", 1)[1] for k in s3.keys("raw/")) == local
+    for name in local:
+        assert storage.read_bytes(s3.uri("raw", name)) == (tmp_path / "local" / name).read_bytes()

@@ -70,7 +70,8 @@ def parse_charge_policy(policy: str, num_quantiles: int = 4) -> list[float]:
             except ValueError:
                 pass
         raise InputDataError(
-            f"charge policy {policy!r}: expected {num_quantiles} dash-separated C-rates or '<rate>C(<pct>%)-...-<rate>C'"
+            f"charge policy {policy!r}: expected {num_quantiles} dash-separated C-rates "
+            "or '<rate>C(<pct>%)-...-<rate>C'"
         )
     if "(" not in text and text.count("C") == 1 and text.endswith("C"):
         m = _RATE.match(text)

@@ -253,7 +253,10 @@ def read_table_file(path: str | os.PathLike, source: str | None = None, fmt: str
     else:
         raise InputDataError(f"{source}: not a CSV or Parquet file")
     if not pieces:
-        names = _csv_header(Path(path), source, 1 << 16) if fmt == "csv" else pq.ParquetFile(str(path)).schema_arrow.names
+        if fmt == "csv":
+            names = _csv_header(Path(path), source, 1 << 16)
+        else:
+            names = pq.ParquetFile(str(path)).schema_arrow.names
         return pa.table({n: pa.array([], pa.null()) for n in names}), report
     return pa.concat_tables(pieces, promote_options="permissive"), report
 

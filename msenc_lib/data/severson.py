@@ -33,7 +33,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,7 @@ MAT_CYCLE_FIELDS = {"I": "I", "Qc": "Qc", "Qd": "Qd", "Qdlin": "Qdlin", "T": "T"
 MAT_SUMMARY_FIELDS = {"IR": "IR", "QCharge": "QC", "QDischarge": "QD", "Tavg": "Tavg", "Tmin": "Tmin",
                       "Tmax": "Tmax", "chargetime": "chargetime", "cycle": "cycle"}
 ROW_FIELDS = ["I", "V", "Qc", "Qd", "T", "t"]
-_ROW_MEANING = "1-based row of the cell, cycles in order"
+ROW_MEANING = "1-based row of the cell, cycles in order"  # what "row N" means in errors
 
 
 def batch_number_from_name(name: str) -> int | None:

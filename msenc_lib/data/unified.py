@@ -103,10 +103,11 @@ def write_cell_parquet(table: pa.Table, path: str | os.PathLike, row_group_size:
                    **PARQUET_OPTIONS)
 
 
-def _progress(iterable, total: int | None, desc: str, enabled: bool = True):
+def progress_bar(iterable, total: int | None, desc: str, enabled: bool = True, unit: str = "cell"):
+    """A tqdm bar on stderr (the stages' progress display)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="cell", file=sys.stderr, disable=not enabled,
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
                 dynamic_ncols=True, leave=False)
 
 
@@ -231,7 +232,7 @@ class UnifiedWriter:
         names_seen: dict[str, str] = {}
         n_rows = 0
         try:
-            for cell in _progress(all_parts, len(all_parts), "writing cells", self.progress):
+            for cell in progress_bar(all_parts, len(all_parts), "writing cells", self.progress):
                 parts = [ipc.open_file(pa.memory_map(str(p))).read_all() for p in all_parts[cell]]
                 table = conform(parts[0], schema) if len(parts) == 1 else pa.concat_tables(
                     [conform(p, schema) for p in parts])

@@ -35,6 +35,7 @@ from msenc_lib.data.schema import (
     REQUIRED_COLUMNS,
     TIME_COLUMN,
     UNIFIED_COLUMNS,
+    canonical_order,
 )
 from msenc_lib.errors import InputDataError
 
@@ -153,8 +154,6 @@ class UnifiedValidator:
         extra = [c for c in names if c not in UNIFIED_COLUMNS]
         if extra:
             self.report.add(EXTRA_COLUMNS, 1, f"extra column(s) {extra} kept after the canonical columns")
-        from msenc_lib.data.schema import canonical_order
-
         self._columns = canonical_order(list(names))
         return self._columns
 
@@ -169,12 +168,13 @@ class UnifiedValidator:
         if pa.types.is_dictionary(t):
             col = col.cast(t.value_type)
             t = col.type
-        if not _is_text(t):
-            first = 0 if len(col) else None
-            if first is None:
-                return col.cast(pa.float64())
-            raise self._fail(offset + 1, self._cell_at(batch, 0), name,
-                             f"non-numeric value {col[0].as_py()!r} (type {t}) in a numeric column")
+        if not _is_text(t):  # bool, date, binary...: no value of it is a number
+            nonnull = np.flatnonzero(~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool))
+            if nonnull.size == 0:
+                return pa.nulls(len(col), pa.float64() if name not in INTEGER_COLUMNS else pa.int64())
+            i = int(nonnull[0])
+            raise self._fail(offset + i + 1, self._cell_at(batch, i), name,
+                             f"non-numeric value {col[i].as_py()!r} (type {t}) in a numeric column")
         text = col.to_numpy(zero_copy_only=False)
         valid = np.array([v is not None and str(v).strip() != "" for v in text], dtype=bool)
         stripped = np.where(valid, text, "0")
@@ -213,9 +213,7 @@ class UnifiedValidator:
         key = batch.column(ID_COLUMN)
         if pa.types.is_dictionary(key.type):
             key = key.cast(key.type.value_type)
-        if not _is_text(key.type):
-            key = key.cast(pa.string())
-        if key.type != pa.string():
+        if key.type != pa.string():  # ints, large_string, string_view...
             key = key.cast(pa.string())
         blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(key), ""), True)
         empty = np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
@@ -296,7 +294,8 @@ class UnifiedValidator:
         i = _first(backwards)
         if i is not None:
             raise self._fail(offset + i + 1, key[i].as_py(), TIME_COLUMN,
-                             f"time goes backwards inside cycle {cyc[i]:g} ({float(time[i])!r} after {float(prev[i])!r})")
+                             f"time goes backwards inside cycle {cyc[i]:g} "
+                             f"({float(time[i])!r} after {float(prev[i])!r})")
         zero_rest = (cyc == 0) & (cur == 0) & (volt == 0)
         self.report.add(CYCLE0_ZERO_ROWS, int(zero_rest.sum()),
                         "cycle-0 all-zero rest rows (current 0, voltage 0) kept")
