@@ -39,3 +39,15 @@ INTEGER_COLUMNS: list[str] = ["cycle_number", "cycle_life", "discharge_policy", 
 # Columns that may legitimately be empty (null) in real files.
 NULLABLE_COLUMNS: list[str] = ["discharge_dQdV"]
 CHARGE_POLICY_COLUMNS: list[str] = [f"charge_policy_Q{i}" for i in range(1, 5)]
+# Float columns (always stored as float64).
+FLOAT_COLUMNS: list[str] = [c for c in UNIFIED_COLUMNS if c not in INTEGER_COLUMNS and c != ID_COLUMN]
+NUMERIC_COLUMNS: list[str] = [c for c in UNIFIED_COLUMNS if c != ID_COLUMN]
+# Optional extra column (not in the 16): per-cycle internal resistance, written by the Severson readers on
+# request and used by the "full" Severson feature set.
+IR_COLUMN = "internal_resistance"
+
+
+def canonical_order(columns: list[str]) -> list[str]:
+    """The unified columns present, in canonical order, then any extra columns in their given order."""
+    present = set(columns)
+    return [c for c in UNIFIED_COLUMNS if c in present] + [c for c in columns if c not in UNIFIED_COLUMNS]
