@@ -22,11 +22,12 @@ def plan(n_cells: int, seed: int = 0) -> pd.DataFrame:
     q0 = 1.1 - rng.uniform(0.0, 0.01, n_cells)
     rate = (q0 - 0.88) / life
     keys = [f"b1c{i}" for i in range(n_cells)]
-    return pd.DataFrame({"cell_key": keys, "cycle_life": life.astype(int), "q0": q0, "rate": rate}).set_index("cell_key")
+    table = pd.DataFrame({"cell_key": keys, "cycle_life": life.astype(int), "q0": q0, "rate": rate})
+    return table.set_index("cell_key")
 
 
 def cell_table(cell: str, row: pd.Series, last_cycle: int, rng: np.random.Generator,
-               skip_cycles: tuple[int, ...] = ()) -> pd.DataFrame:
+               skip_cycles: tuple[int, ...] = (), ir: bool = False) -> pd.DataFrame:
     cycles = np.array([c for c in range(last_cycle + 1) if c not in skip_cycles])
     q = row.q0 - row.rate * cycles + rng.normal(0, 2e-4, cycles.size)
     frac = np.linspace(0.0, 1.0, N_DISCHARGE)
@@ -44,17 +45,19 @@ def cell_table(cell: str, row: pd.Series, last_cycle: int, rng: np.random.Genera
             "charge_capacity": np.concatenate([np.linspace(0.0, qc, N_CHARGE), np.full(N_DISCHARGE, qc)]),
             "discharge_capacity": np.concatenate([np.zeros(N_CHARGE), qc * frac]),
             "temperature": 30.0 + rng.normal(0, 0.1, n),
+            **({"internal_resistance": np.full(n, 0.015 + 0.05 * (1.1 - qc))} if ir else {}),
         }))
     return pd.concat(parts, ignore_index=True)
 
 
 def write_unified(out: Path, truth: pd.DataFrame, last_cycle: int = 60, seed: int = 0,
-                  skip: dict[str, tuple[int, ...]] | None = None, drop_columns: tuple[str, ...] = ()) -> Path:
+                  skip: dict[str, tuple[int, ...]] | None = None, drop_columns: tuple[str, ...] = (),
+                  ir_cells: tuple[str, ...] = ()) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (cell, row) in enumerate(truth.iterrows()):
         rng = np.random.default_rng([seed, i])
-        table = cell_table(cell, row, last_cycle, rng, (skip or {}).get(cell, ()))
+        table = cell_table(cell, row, last_cycle, rng, (skip or {}).get(cell, ()), ir=cell in ir_cells)
         table.drop(columns=list(drop_columns)).to_parquet(out / f"{cell}.parquet", index=False)
     (out / "_manifest.json").write_text("{}")
     return out
@@ -94,5 +97,31 @@ def write_split(path: Path, **subsets: list[str]) -> Path:
 
 def split_cells(keys: list[str], n_val: int, n_test: int) -> dict[str, list[str]]:
     keys = list(keys)
-    return {"train": keys[: len(keys) - n_val - n_test], "validation": keys[len(keys) - n_val - n_test: len(keys) - n_test],
-            "test": keys[len(keys) - n_test:]}
+    n_train = len(keys) - n_val - n_test
+    return {"train": keys[:n_train], "validation": keys[n_train: n_train + n_val], "test": keys[n_train + n_val:]}
+
+
+def cycle_summary_embeddings(unified_dir: Path, dim: int = 16, noise: float = 0.1, seed: int = 3,
+                             targets: tuple[str, ...] = ("charge_capacity",)) -> pd.DataFrame:
+    """Stand-in for encoder output on real unified data: per (cell, cycle) summary statistics of the cycle
+    (capacities, voltages, temperature, duration), standardised, mixed by a fixed random matrix + noise.
+    Carries the physics a good encoder would see; the embed stage's real output replaces it in the pipeline."""
+    from msenc_lib.data.unified import read_unified
+
+    df = read_unified(str(unified_dir), columns=["cell_key", "cycle_number", "time", "voltage", "current",
+                                                  "charge_capacity", "discharge_capacity", "temperature"])
+    dis = df[df["current"] < 0]
+    g = df.groupby(["cell_key", "cycle_number"], sort=True)
+    stats = pd.DataFrame({
+        "qd": g["discharge_capacity"].max(), "qc": g["charge_capacity"].max(), "tmax": g["temperature"].max(),
+        "tmean": g["temperature"].mean(), "dur": g["time"].max(),
+        "vdis": dis.groupby(["cell_key", "cycle_number"])["voltage"].mean(),
+        "vmin": dis.groupby(["cell_key", "cycle_number"])["voltage"].min(),
+    }).fillna(0.0)
+    z = (stats - stats.mean()) / stats.std(ddof=0).replace(0, 1)
+    rng = np.random.default_rng(seed)
+    vals = z.to_numpy() @ rng.normal(0, 1, (z.shape[1], dim)) + rng.normal(0, noise, (len(z), dim))
+    out = pd.DataFrame(vals, columns=[f"val_{i}" for i in range(dim)], index=z.index).reset_index()
+    for t in targets:
+        out.insert(2, t, g[t].max().to_numpy())
+    return out

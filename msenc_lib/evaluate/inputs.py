@@ -10,12 +10,12 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 
 from msenc_lib import storage
+from msenc_lib.data.schema import IR_COLUMN
 from msenc_lib.errors import InputDataError
 
 SPLIT_FILE = "split_cfg.json"
@@ -25,7 +25,6 @@ _VAL_RX = re.compile(r"^val_(\d+)$")
 _CELL_SUFFIXES = (".csv", ".parquet", ".txt")
 # Unified columns the Severson features read (msenc_lib.data.features); IR is optional.
 SEVERSON_COLUMNS = ["cell_key", "cycle_number", "time", "current", "voltage", "discharge_capacity", "temperature"]
-IR_COLUMN = "internal_resistance"
 
 
 # ------------------------------------------------------------------------------------------------- split
@@ -194,17 +193,6 @@ class UnifiedSummary:
     has_ir: bool = False
 
 
-def unified_cell_files(uri: str) -> list[str]:
-    """Cell Parquet files of a unified dir (names starting with ``_`` or ``.`` skipped), or ``[uri]``."""
-    uri = str(uri)
-    files = storage.list_files(uri, suffix=".parquet")
-    if files == [uri]:
-        return files
-    base = uri.rstrip("/") + "/"
-    return [f for f in files
-            if not any(p[:1] in ("_", ".") for p in (f[len(base):] if f.startswith(base) else f).split("/"))]
-
-
 def _open_parquet(uri: str):
     import pyarrow.parquet as pq
 
@@ -232,19 +220,19 @@ def read_unified_summary(
     import pyarrow.compute as pc
     from tqdm.auto import tqdm
 
-    files = unified_cell_files(uri)
+    from msenc_lib.data.unified import cell_key_from_file, unified_files
+
+    files = unified_files(uri)
     if not files:
         raise InputDataError(f"unified data {uri}: no cell Parquet files found")
     wanted = set(cells)
     by_cell: dict[str, str] = {}
     parquet_files = {}
-    for f in files:
-        # The file name is the cell key (percent-encoded when unsafe); the cell_key column is the truth.
-        guess = unquote(storage.basename(f)[: -len(".parquet")])
-        by_cell[guess] = f
+    for f in files:  # the file name is the cell key (percent-encoded when unsafe)
+        by_cell[cell_key_from_file(f)] = f
     missing = sorted(wanted - set(by_cell))
     if missing:
-        # File names may not be the keys: fall back to reading the cell_key column of every file.
+        # File names may not be the keys (e.g. one file of many cells): read every file's cell_key column.
         by_cell = {}
         for f in files:
             pf = _open_parquet(f)
@@ -284,19 +272,21 @@ def read_unified_summary(
         has_ir = IR_COLUMN in names
         has_ir_all = has_ir_all and has_ir
         extra = ["discharge_capacity"] if "discharge_capacity" in names else []
+        if "cycle_life" in names and "cycle_life" not in needed:
+            extra.append("cycle_life")  # not required, but colours the plots
         cols = list(dict.fromkeys(needed + sev_cols + extra + ([IR_COLUMN] if has_ir and sev_cols else [])))
         table = pf.read(columns=cols)
         if shared_files[f] > 1:
             table = table.filter(pc.equal(table.column("cell_key"), cell))
         if table.num_rows == 0:
             raise InputDataError(f"unified file {f}: no rows for cell {cell!r}")
-        if need_cycle_life:
+        if "cycle_life" in table.column_names:
             lives = table.column("cycle_life").drop_null()
             life[cell] = float(lives[0].as_py()) if len(lives) else float("nan")
         aggs = []
         if capacity_column:
             aggs.append((capacity_column, "max"))
-        if extra:
+        if "discharge_capacity" in extra:
             aggs.append(("discharge_capacity", "max"))
         if aggs:
             grouped = table.group_by("cycle_number").aggregate(aggs).to_pandas()

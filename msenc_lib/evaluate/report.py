@@ -48,15 +48,17 @@ def _subset_order(names: list[str]) -> list[str]:
     return first + rest + (["test"] if "test" in names else [])
 
 
-def _pyplot():
-    import matplotlib
+RC = {"font.size": 10, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 110,
+      "savefig.bbox": "tight"}
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
-                         "figure.dpi": 110, "savefig.bbox": "tight"})
-    return plt
+def _figure(nrows: int = 1, ncols: int = 1, **kw):
+    """A figure outside pyplot (no global backend or state touched: safe inside notebooks and threads)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=kw.pop("figsize"))
+    axes = fig.subplots(nrows, ncols, **kw)
+    return fig, axes
 
 
 def _plain_log_axis(axis) -> None:
@@ -74,9 +76,6 @@ def _log_colorbar(cbar) -> None:
 
 def _save(fig, path: Path) -> None:
     fig.savefig(path, format="png", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def _result(doc_task: dict, fs: str, model: str) -> dict | None:
@@ -91,10 +90,9 @@ def _fmt(v: Any, digits: int) -> str:
 
 # ------------------------------------------------------------------------------------------------ plots
 def plot_cycle_life(path: Path, doc_task: dict, preds: pd.DataFrame) -> None:
-    plt = _pyplot()
     models = [m for m in dict.fromkeys(r["model"] for r in doc_task["results"]) if m != "none"]
     sets = list(dict.fromkeys(r["feature_set"] for r in doc_task["results"] if r["model"] != "none"))
-    fig, axes = plt.subplots(len(models), len(sets), figsize=(3.1 * len(sets) + 0.4, 3.1 * len(models) + 0.5),
+    fig, axes = _figure(len(models), len(sets), figsize=(3.1 * len(sets) + 0.4, 3.1 * len(models) + 0.5),
                              squeeze=False, sharex=True, sharey=True)
     true = preds["true"].to_numpy()
     cols = [c for c in preds.columns if "/" in c]
@@ -140,14 +138,13 @@ def plot_cycle_life(path: Path, doc_task: dict, preds: pd.DataFrame) -> None:
 
 
 def plot_rmse_bars(path: Path, doc_task: dict, unit: str, title: str, digits: int) -> None:
-    plt = _pyplot()
     rows = [r for r in doc_task["results"]]
     subsets = [s for s in _subset_order(list(dict.fromkeys(s for r in rows for s in r["subsets"])))
                if s != "train"] or ["train"]
     labels = [f"{r['feature_set']}\n{MODEL_TEXT.get(r['model'], r['model'])}" for r in rows]
     x = np.arange(len(rows))
     width = 0.8 / len(subsets)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows) + 2), 3.6))
+    fig, ax = _figure(figsize=(max(6.0, 0.75 * len(rows) + 2), 3.6))
     extra = 0
     for k, s in enumerate(subsets):
         vals = [r["subsets"].get(s, {}).get("rmse", np.nan) for r in rows]
@@ -167,14 +164,15 @@ def plot_rmse_bars(path: Path, doc_task: dict, unit: str, title: str, digits: in
 
 def plot_capacity_fade(path: Path, per_cycle: pd.DataFrame, cycle_life: pd.Series, first_cycles: int | None,
                        column: str, ylabel: str) -> None:
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = _figure(figsize=(7.5, 4.2))
     lives = cycle_life.dropna()
     lives = lives[lives > 0]
     norm = LogNorm(vmin=lives.min(), vmax=lives.max()) if len(lives) and lives.min() < lives.max() else None
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for cell, part in per_cycle.groupby("cell_key", sort=True):
         life = lives.get(cell, np.nan)
         color = cmap(norm(life)) if norm is not None and np.isfinite(life) else "#888888"
@@ -184,7 +182,7 @@ def plot_capacity_fade(path: Path, per_cycle: pd.DataFrame, cycle_life: pd.Serie
         ax.text(first_cycles, ax.get_ylim()[0], f" cycle {first_cycles}: end of the\n cycle-life feature window",
                 va="bottom", ha="left", fontsize=8)
     if norm is not None:
-        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        sm = ScalarMappable(norm=norm, cmap=cmap)
         _log_colorbar(fig.colorbar(sm, ax=ax, label="cycle life (cycles, log scale)"))
     ax.set_xlabel("cycle number")
     ax.set_ylabel(ylabel)
@@ -199,7 +197,6 @@ def plot_embedding_pca(path: Path, per_cell: pd.DataFrame, cycle_life: pd.Series
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    plt = _pyplot()
     X = StandardScaler().fit_transform(per_cell.to_numpy())
     n_comp = min(2, X.shape[0], X.shape[1])
     pca = PCA(n_components=n_comp, random_state=0)
@@ -207,7 +204,7 @@ def plot_embedding_pca(path: Path, per_cell: pd.DataFrame, cycle_life: pd.Series
     if Z.shape[1] == 1:
         Z = np.column_stack([Z[:, 0], np.zeros(len(Z))])
     ratio = list(pca.explained_variance_ratio_) + [0.0]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = _figure(figsize=(6.4, 4.8))
     lives = cycle_life.reindex(per_cell.index).to_numpy(dtype=np.float64)
     ok = np.isfinite(lives) & (lives > 0)
     norm = LogNorm(vmin=lives[ok].min(), vmax=lives[ok].max()) if ok.sum() > 1 and np.ptp(lives[ok]) > 0 else None
@@ -227,19 +224,20 @@ def plot_embedding_pca(path: Path, per_cell: pd.DataFrame, cycle_life: pd.Series
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f} % of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f} % of variance)")
     ax.set_title(f"Per-cell mean embedding ({window}), PCA of the standardised dimensions")
-    ax.legend(frameon=False, fontsize=8)
+    legend = ax.legend(frameon=False, fontsize=8)
+    for handle in legend.legend_handles:  # marker shape = subset; colour is per cell, so grey in the legend
+        handle.set_facecolor("#999999")
     fig.tight_layout()
     _save(fig, path)
 
 
 def plot_capacity_predictions(path: Path, doc_task: dict, preds: pd.DataFrame, unit: str) -> None:
-    plt = _pyplot()
     panels = []
     for fs in dict.fromkeys(r["feature_set"] for r in doc_task["results"]):
         cands = [r for r in doc_task["results"] if r["feature_set"] == fs]
         # one panel per feature set: its model with the best cross-validated RMSE (chosen without the test set)
         panels.append(min(cands, key=lambda r: r["cv_rmse"] if r["cv_rmse"] is not None else -1.0))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6), squeeze=False,
+    fig, axes = _figure(1, len(panels), figsize=(3.4 * len(panels), 3.6), squeeze=False,
                              sharex=True, sharey=True)
     true = preds["true"].to_numpy()
     lo, hi = float(np.nanmin(true)), float(np.nanmax(true))
@@ -273,11 +271,15 @@ def plot_capacity_predictions(path: Path, doc_task: dict, preds: pd.DataFrame, u
     _save(fig, path)
 
 
-def make_plots(out_dir: Path, doc: dict, task_data: dict, predictions: dict, emb, unified, cfg) -> dict[str, str]:
+def make_plots(out_dir: Path, doc: dict, predictions: dict, emb, unified, cfg) -> dict[str, str]:
     """Write the PNGs into ``out_dir``; returns {plot name: file name}."""
-    from msenc_lib.evaluate.tasks import aggregate_embeddings
+    import matplotlib
 
-    out_dir = Path(out_dir)
+    with matplotlib.rc_context(RC):
+        return _make_plots(Path(out_dir), doc, predictions, emb, unified, cfg)
+
+
+def _make_plots(out_dir: Path, doc: dict, predictions: dict, emb, unified, cfg) -> dict[str, str]:
     plots: dict[str, str] = {}
     life_doc = doc["tasks"].get("cycle_life")
     if life_doc:
@@ -293,12 +295,14 @@ def make_plots(out_dir: Path, doc: dict, task_data: dict, predictions: dict, emb
         plot_capacity_fade(out_dir / "capacity_fade.png", unified.per_cycle.dropna(subset=[column]),
                            unified.cycle_life, cfg.first_cycles if life_doc else None, column, label)
         plots["capacity_fade"] = "capacity_fade.png"
-    per_cell, _ = aggregate_embeddings(emb.table, emb.val_columns, min_cycle=cfg.min_cycle,
-                                       last_cycle=cfg.first_cycles, methods=["mean"], window=cfg.delta_window)
+    table = emb.table
+    early = table[(table["cycle_number"] >= cfg.min_cycle) & (table["cycle_number"] <= cfg.first_cycles)]
+    per_cell = early.groupby("cell_key", sort=True)[emb.val_columns].mean()
     if len(per_cell) >= 2:
         subset = pd.Series({c: s for s, cells in doc["dataset"]["split"]["subset_cells"].items() for c in cells})
+        last = min(cfg.first_cycles, float(early["cycle_number"].max()))
         plot_embedding_pca(out_dir / "embedding_pca.png", per_cell, unified.cycle_life, subset,
-                           f"cycles {cfg.min_cycle}–{cfg.first_cycles}")
+                           f"cycles {cfg.min_cycle}–{last:g}")
         plots["embedding_pca"] = "embedding_pca.png"
     cap_doc = doc["tasks"].get("capacity")
     if cap_doc:
@@ -343,6 +347,8 @@ def _comparison_table(task: dict, digits: int, unit: str) -> str:
     subsets = _subset_order(list(dict.fromkeys(s for r in results for s in r["subsets"])))
     best: dict[str, int] = {}
     for s in subsets:
+        if s == "train":
+            continue  # in-sample: the best fit there says little
         cands = [(r["subsets"][s]["rmse"], i) for i, r in enumerate(results) if s in r["subsets"]]
         if cands:
             best[s] = min(cands)[1]
@@ -359,7 +365,8 @@ def _comparison_table(task: dict, digits: int, unit: str) -> str:
     cv_digits = 3 if task.get("fit_space") == "log10" else digits
     for i, r in enumerate(results):
         cls = ' class="baseline"' if r["model"] == "none" else ""
-        cells = [f'<td class="l">{_e(r["feature_set"])}</td>', f'<td class="l">{_e(MODEL_TEXT.get(r["model"], r["model"]))}</td>',
+        model = MODEL_TEXT.get(r["model"], r["model"])
+        cells = [f'<td class="l">{_e(r["feature_set"])}</td>', f'<td class="l">{_e(model)}</td>',
                  f"<td>{r['n_features'] or '–'}</td>", f"<td>{_fmt(r['cv_rmse'], cv_digits)}</td>"]
         for s in subsets:
             m = r["subsets"].get(s)
@@ -462,6 +469,8 @@ def _dataset_section(doc: dict) -> str:
         f"<p>Embeddings: <code>{_e(emb['source'])}</code>: {emb['rows']:,} cell-cycles of {emb['cells']} cells, "
         f"{emb['dim']} dimensions, cycles {emb['cycles'][0]}–{emb['cycles'][1]}"
         + (f"; {emb['dropped_empty_rows']} rows without values ignored" if emb["dropped_empty_rows"] else "")
+        + (f"; {emb['cells_not_in_split']} more cells are in no subset of the split and were not used"
+           if emb.get("cells_not_in_split") else "")
         + f".<br>Unified data: <code>{_e(ds['unified']['source'])}</code> ({ds['unified']['cells_read']} cells read; "
         f"internal resistance {'present' if ds['unified']['internal_resistance'] else 'absent'}).<br>"
         f"Split: <code>{_e(ds['split']['source'])}</code>. Models are fitted on <b>train</b> only; every other "
@@ -503,7 +512,7 @@ def render_html(doc: dict, plots: dict[str, str], out_dir: Path) -> str:
             f"last {agg['window']} cycles minus mean of the first {agg['window']}, the change over early life, in "
             f"the spirit of Severson's ΔQ<sub>{life['first_cycles']}-10</sub>). Hyper-parameters are chosen by "
             f"{cfg['cv_folds']}-fold cross-validation on the train cells (CV RMSE in log10 cycles). "
-            "<b>Green</b> = lowest RMSE in that subset.</p>",
+            "<b>Green</b> = lowest RMSE in that held-out subset (train scores are in-sample).</p>",
             _comparison_table(life, 0, "cycles"),
             _img(out_dir, plots, "cycle_life_rmse", "RMSE in cycles per feature set and model, held-out subsets."),
             _img(out_dir, plots, "cycle_life_predictions",
@@ -524,7 +533,8 @@ def render_html(doc: dict, plots: dict[str, str], out_dir: Path) -> str:
             f"embedding of cycle c (every cycle c ≥ {cap['min_cycle']} whose future cycle is recorded"
             + (f", every {cap['stride']}th" if cap["stride"] > 1 else "")
             + "). The <i>persistence</i> baseline predicts today's capacity; a model must beat it to be useful. "
-            "Cross-validation folds keep all cycles of a cell together.</p>",
+            "Cross-validation folds keep all cycles of a cell together. <b>Green</b> = lowest RMSE in that "
+            "held-out subset.</p>",
             _comparison_table(cap, 4, cap["unit"]),
             _img(out_dir, plots, "capacity_rmse", "RMSE per feature set and model, held-out subsets."),
             _img(out_dir, plots, "capacity_predictions",

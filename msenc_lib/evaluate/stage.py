@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ FORMAT_VERSION = 1
 HEADLINE_METRICS = ("rmse", "mae", "mape", "r2")
 TRAIN = "train"
 BASELINE_MODEL = "none"  # the "model" of a model-free baseline such as persistence
+log = logging.getLogger(__name__)
 
 
 def _check_split_cells(split: Split, emb: Embeddings) -> None:
@@ -75,6 +77,8 @@ def evaluate_task(task: TaskData, cfg: EvaluateConfig) -> tuple[list[dict[str, A
                             rf_n_estimators=cfg.rf_n_estimators, rf_max_depth=cfg.rf_max_depth,
                             rf_min_samples_leaf=cfg.rf_min_samples_leaf, rf_max_features=cfg.rf_max_features,
                             n_jobs=cfg.n_jobs)
+        log.info("%s: %s/%s: %d features, CV RMSE %.4g, %s", task.task, fs, model, X.shape[1], fit.cv_rmse,
+                 fit.hyperparameters)
         raw = fit.predict(X)
         pred = pd.Series(10.0**raw if task.log_target else raw, index=task.y.index)
         preds[f"{fs}/{model}"] = pred
@@ -153,6 +157,7 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     split = read_split(str(split_config_uri))
     emb = read_embeddings(str(embeddings_uri))
     _check_split_cells(split, emb)
+    not_in_split = int(emb.table["cell_key"].nunique()) - len(split.cells)
     emb = Embeddings(table=emb.table[emb.table["cell_key"].isin(set(split.cells))].reset_index(drop=True),
                      val_columns=emb.val_columns, source=emb.source, dropped_empty_rows=emb.dropped_empty_rows)
     want_life = "cycle_life" in cfg.tasks
@@ -162,9 +167,10 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
         capacity_column=cfg.capacity_column if "capacity" in cfg.tasks else None,
         severson_last_cycle=max(cfg.first_cycles, 5) if severson else None, progress=cfg.progress)
     random_table = random_like(emb, cfg.seed)
+    log.info("split %s: %s; embeddings: %d rows, dim %d", split.source,
+             {k: len(v) for k, v in split.subsets.items()}, len(emb.table), emb.dim)
 
     tasks: dict[str, dict[str, Any]] = {}
-    task_data: dict[str, TaskData] = {}
     predictions: dict[str, pd.DataFrame] = {}
     if want_life:
         life = build_cycle_life(cfg, split, emb, random_table, unified)
@@ -177,7 +183,9 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
             "target_stats": {s: {"min": float(v.min()), "median": float(v.median()), "max": float(v.max())}
                              for s, v in life.y.groupby(life.subset, sort=False)},
         })
-        task_data["cycle_life"], predictions["cycle_life"] = life, preds
+        predictions["cycle_life"] = preds
+        for x in life.excluded:
+            log.warning("cycle life: cell %s (%s) excluded: %s", x["cell_key"], x["subset"], x["reason"])
     if "capacity" in cfg.tasks:
         cap = build_capacity(cfg, split, emb, random_table, unified)
         results, preds = evaluate_task(cap, cfg)
@@ -185,14 +193,16 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
             "horizon": cfg.horizon, "capacity_column": cfg.capacity_column, "min_cycle": cfg.min_cycle,
             "stride": cfg.capacity_stride, "cv_rmse_unit": cap.unit,
         })
-        task_data["capacity"], predictions["capacity"] = cap, preds
+        predictions["capacity"] = preds
+        for x in cap.excluded:
+            log.warning("capacity: cell %s (%s) excluded: %s", x["cell_key"], x["subset"], x["reason"])
 
     headline, best = headline_and_best(tasks)
     dataset = {
         "embeddings": {"source": emb.source, "dim": emb.dim, "rows": int(len(emb.table)),
                        "cells": int(emb.table["cell_key"].nunique()),
                        "cycles": [_num(emb.table["cycle_number"].min()), _num(emb.table["cycle_number"].max())],
-                       "dropped_empty_rows": emb.dropped_empty_rows},
+                       "dropped_empty_rows": emb.dropped_empty_rows, "cells_not_in_split": not_in_split},
         "unified": {"source": unified.source, "cells_read": len(unified.files),
                     "internal_resistance": unified.has_ir},
         "split": {"source": split.source, "cells": {s: len(c) for s, c in split.subsets.items()},
@@ -213,7 +223,7 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
             predictions["cycle_life"].to_csv(staging / "predictions_cycle_life.csv", index_label="cell_key")
         if "capacity" in predictions:
             predictions["capacity"].reset_index().to_parquet(staging / "predictions_capacity.parquet", index=False)
-        plots = report.make_plots(staging, doc, task_data, predictions, emb, unified, cfg) if cfg.plots else {}
+        plots = report.make_plots(staging, doc, predictions, emb, unified, cfg) if cfg.plots else {}
         (staging / REPORT_FILE).write_text(report.render_html(doc, plots, staging), encoding="utf-8")
 
     return EvaluateResult(

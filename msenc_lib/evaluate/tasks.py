@@ -35,10 +35,12 @@ class TaskData:
     log_target: bool  # fit log10(y), report in y's unit
     baselines: dict[str, pd.Series] = field(default_factory=dict)  # model-free predictions aligned with y
     excluded: list[dict] = field(default_factory=list)  # {"cell_key", "subset", "reason"}
-    notes: list[str] = field(default_factory=list)
+    subset_order: list[str] = field(default_factory=list)  # the split config's order
 
     def subset_names(self) -> list[str]:
-        return list(dict.fromkeys(self.subset.tolist()))
+        """Subsets with at least one row, in the split config's order."""
+        present = set(self.subset.tolist())
+        return [s for s in self.subset_order if s in present] + sorted(present - set(self.subset_order))
 
 
 def random_like(emb: Embeddings, seed: int) -> pd.DataFrame:
@@ -170,7 +172,7 @@ def build_cycle_life(cfg: EvaluateConfig, split: Split, emb: Embeddings, random_
         y=life.reindex(index).astype(np.float64),
         features={fs: f.reindex(index) for fs, f in features.items()},
         cell=pd.Series(usable, index=index), subset=pd.Series([subset_of[c] for c in usable], index=index),
-        log_target=True, excluded=excluded,
+        log_target=True, excluded=excluded, subset_order=list(split.subsets),
     )
 
 
@@ -226,7 +228,7 @@ def build_capacity(cfg: EvaluateConfig, split: Split, emb: Embeddings, random_ta
         cell=pd.Series(cells_col, index=index),
         subset=pd.Series([subset_of[c] for c in cells_col], index=index), log_target=False,
         baselines={"persistence": pd.Series(rows["capacity_now"].to_numpy(dtype=np.float64), index=index)},
-        excluded=excluded,
+        excluded=excluded, subset_order=list(split.subsets),
     )
 
 
