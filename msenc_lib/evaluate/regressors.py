@@ -54,7 +54,7 @@ def _cv_splitter(n_folds: int, groups: np.ndarray, seed: int):
 
     try:
         return GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    except TypeError:  # scikit-learn < 1.6: no shuffling; shuffle group labels instead
+    except TypeError:  # scikit-learn < 1.6: GroupKFold cannot shuffle (folds balanced by group size)
         return GroupKFold(n_splits=n_folds)
 
 
