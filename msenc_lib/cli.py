@@ -44,20 +44,6 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _list_parser(item_type: Any):
-    item_type = _unwrap_optional(item_type)
-
-    def parse(text: str) -> list:
-        parts = [p.strip() for p in str(text).split(",")]
-        parts = [p for p in parts if p != ""]
-        try:
-            return [item_type(p) for p in parts] if item_type in (int, float) else parts
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item_type.__name__}: {e}")
-
-    return parse
-
-
 def _mapping_parser(text: str) -> Any:
     import yaml
 
@@ -92,8 +78,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[StageCo
         if tp is bool:
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         elif origin in (list, tuple, set) or tp in (list, tuple):
-            args = typing.get_args(tp)
-            kwargs.update(type=_list_parser(args[0] if args else str), metavar="A,B,...")
+            kwargs.update(type=str, metavar="A,B,...")  # split by StageConfig
         elif origin is Literal:
             choices = typing.get_args(tp)
             kwargs.update(choices=choices, type=type(choices[0]))

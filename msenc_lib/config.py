@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import types
+import typing
 from typing import Any, ClassVar, Mapping, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from msenc_lib.errors import ConfigError
 
@@ -26,6 +28,22 @@ def _describe_errors(err: ValidationError, source: str) -> str:
         got_txt = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  field '{field}': {e['msg']}{got_txt}")
     return "\n".join(lines)
+
+
+def _list_field(annotation: Any) -> tuple[bool, bool]:
+    """(is a list field, allows None) for a field annotation."""
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        annotation = rest[0] if len(rest) == 1 else annotation
+    return typing.get_origin(annotation) in (list, tuple, set) or annotation in (list, tuple, set), optional
+
+
+def split_comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: how CLI flags, env vars and KFP parameters spell lists."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def parse_document(text: str, source: str = "<text>") -> dict[str, Any]:
@@ -46,6 +64,21 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
     stage: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_from_strings(cls, data: Any) -> Any:
+        """List fields also accept a comma-separated string; "" means empty (or None where allowed)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if isinstance(value, str):
+                is_list, optional = _list_field(field.annotation)
+                if is_list:
+                    data[name] = None if (optional and not value.strip()) else split_comma_list(value)
+        return data
 
     @classmethod
     def env_overrides(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -57,3 +57,18 @@ def test_save_roundtrip(tmp_path):
     for name in ("c.yaml", "c.json"):
         cfg.save(tmp_path / name)
         assert DemoConfig.load(tmp_path / name) == cfg
+
+
+class ListConfig(StageConfig):
+    stage = "lists"
+    names: list[str] = ["a"]
+    cutoffs: list[float] | None = None
+
+
+def test_list_fields_accept_comma_strings_from_any_source():
+    assert ListConfig.load({"names": "x, y,,z", "cutoffs": "100,2.5"}).model_dump() == {
+        "names": ["x", "y", "z"], "cutoffs": [100.0, 2.5]}
+    assert ListConfig.load({"names": "", "cutoffs": ""}).model_dump() == {"names": [], "cutoffs": None}
+    assert ListConfig.load(environ={"MSENC_LISTS__NAMES": "p,q"}).names == ["p", "q"]
+    with pytest.raises(ConfigError, match="field 'cutoffs.0'"):
+        ListConfig.load({"cutoffs": "ten"})

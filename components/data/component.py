@@ -1,0 +1,45 @@
+"""KFP component ``data``: the unified table, from the embedded synthetic dataset or ingested from a URI."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from msenc_components import DEFAULT_IMAGE
+
+
+def data(
+    unified: Output[Dataset],
+    source_uri: str = "",
+    format: str = "auto",
+    size: str = "tiny",
+    seed: int = 0,
+    config_yaml: str = "",
+) -> NamedTuple("DataOutputs", [("n_cells", int), ("n_rows", int)]):
+    """Unified battery table (one Parquet file per cell).
+
+    With an empty ``source_uri`` the embedded synthetic cycler data is generated (``size`` tiny|demo|bench,
+    ``seed``). Otherwise ``source_uri`` (s3:// or a path the pod can read: unified CSV/Parquet, Severson
+    .mat or batch pickles) is ingested with ``format`` auto|csv|parquet|severson-mat|severson-pickle.
+    ``config_yaml`` sets further fields of GenerateDataConfig / IngestConfig.
+    """
+    from collections import namedtuple
+
+    from msenc_lib.kfp_support import annotate, component_config
+
+    if source_uri:
+        from msenc_lib.ingest import IngestConfig, run_ingest
+
+        cfg = component_config(IngestConfig, config_yaml, format=format, progress=False)
+        result = run_ingest(cfg, source_uri, unified.path, overwrite=True)
+    else:
+        from msenc_lib.data.synthetic import GenerateDataConfig, run_generate_data
+
+        cfg = component_config(GenerateDataConfig, config_yaml, size=size, seed=seed, progress=False)
+        result = run_generate_data(cfg, unified.path, overwrite=True)
+    annotate(unified, result, ("n_cells", "n_rows"))
+    return namedtuple("DataOutputs", ["n_cells", "n_rows"])(result.n_cells, result.n_rows)
+
+
+def build(image: str = DEFAULT_IMAGE):
+    return dsl.component(data, base_image=image, install_kfp_package=False)
