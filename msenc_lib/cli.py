@@ -21,7 +21,7 @@ from msenc_lib import __version__
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import MsencError
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["msenc_lib.launch"]
 
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
