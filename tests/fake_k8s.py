@@ -126,7 +126,7 @@ class FakeKubeApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "FakeKubeApi":
+    def __enter__(self) -> FakeKubeApi:
         self._thread.start()
         return self
 

@@ -74,7 +74,7 @@ def test_images_run_as_a_non_root_user(cpu, cuda):
         assert uid and uid.isdigit() and int(uid) > 0  # numeric, so runAsNonRoot can verify it
         words = [w for w, _ in instrs]
         assert "RUN" not in words[words.index("USER"):], "nothing may run after switching to the user"
-        assert any(w == "RUN" and f"useradd --uid \"${{MSENC_UID}}\"" in r for w, r in instrs)
+        assert any(w == "RUN" and "useradd --uid \"${MSENC_UID}\"" in r for w, r in instrs)
         assert any(w == "ENV" and "PATH=/opt/msenc/bin:" in r for w, r in instrs)
 
 

@@ -92,9 +92,10 @@ def test_rendered_job_is_the_sdk_model_and_round_trips():
             ("nvidia.com/gpu", "Exists", None, "NoSchedule"), ("dedicated", "Equal", "ml", "NoExecute")]
         assert pod_spec.service_account_name == "msenc-trainer"
         env = {e.name: e for e in c.env}
-        for var, key in (("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")):
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert env[var].value is None, "credentials must never be literal values"
-            assert (env[var].value_from.secret_key_ref.name, env[var].value_from.secret_key_ref.key) == ("msenc-storage", key)
+            ref = env[var].value_from.secret_key_ref
+            assert (ref.name, ref.key) == ("msenc-storage", var)
         assert env["AWS_ENDPOINT_URL"].value_from.secret_key_ref.optional is True
 
 
@@ -259,7 +260,8 @@ def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, worker
                 proc.kill()
                 proc.wait()
     assert all(proc.returncode == 0 for proc in running_procs), outputs
-    got = json.loads(s3.client().get_object(Bucket=s3.bucket, Key=f"models/w{workers}g{gpus}/probe.json")["Body"].read())
+    obj = s3.client().get_object(Bucket=s3.bucket, Key=f"models/w{workers}g{gpus}/probe.json")
+    got = json.loads(obj["Body"].read())
     world = workers * max(gpus, 1)
     assert got["world_size"] == world and got["rank_sum"] == world * (world + 1) / 2
     assert (got["data_dir"], got["preset"], got["max_steps"]) == (s3.uri("split"), "tiny", 3)
@@ -445,7 +447,8 @@ def test_job_state_prefers_terminal_conditions():
     st = job_status([condition("Created", JOB), condition("Running", JOB, status="False"),
                      condition("Failed", JOB, reason="DeadlineExceeded", message="active longer than deadline")])
     assert job_state({"status": st}) == ("Failed", "DeadlineExceeded", "active longer than deadline")
-    st = job_status([condition("Created", JOB), condition("Running", JOB, status="False"), condition("Restarting", JOB)])
+    st = job_status([condition("Created", JOB), condition("Running", JOB, status="False"),
+                     condition("Restarting", JOB)])
     assert job_state({"status": st})[0] == "Restarting"
 
 

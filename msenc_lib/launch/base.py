@@ -148,9 +148,9 @@ class LaunchConfig(StageConfig):
     workers: int = Field(1, ge=1, description="pods in all (1 master + workers-1 workers)")
     gpus_per_worker: int = Field(0, ge=0, description="GPUs per pod (nvidia.com/gpu limit); >1 runs torchrun "
                                  "with one process per GPU")
-    namespace: str | None = Field(None, description="namespace of the job (default: the pod's own namespace "
-                                  "in a cluster, else the kubeconfig context's, else 'default')")
-    name: str | None = Field(None, description="job name (default: msenc-train-<random>)")
+    namespace: str | None = Field(None, description="namespace of the job; unset: the pod's own namespace in a "
+                                  "cluster, else the kubeconfig context's, else 'default'")
+    name: str | None = Field(None, description="job name; unset: msenc-train-<time>-<random>")
     train_config: str | None = Field(None, description="URI of a train config YAML passed to the trainer")
     preset: str | None = Field(None, description="model/training preset passed to the trainer")
     max_steps: int | None = Field(None, ge=1, description="stop training after this many optimizer steps")
@@ -164,19 +164,20 @@ class LaunchConfig(StageConfig):
                                 "AWS_ENDPOINT_URL / AWS_DEFAULT_REGION)")
     access_key_key: str = Field("AWS_ACCESS_KEY_ID", description="key of the access key id in the Secret")
     secret_key_key: str = Field("AWS_SECRET_ACCESS_KEY", description="key of the secret access key in the Secret")
-    s3_endpoint: str | None = Field(None, description="S3 endpoint URL for the pods (default: the Secret's "
-                                    "AWS_ENDPOINT_URL key if present, else AWS)")
-    s3_region: str | None = Field(None, description="S3 region for the pods (default: the Secret's "
-                                  "AWS_DEFAULT_REGION key if present)")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL for the pods; unset: the Secret's "
+                                    "AWS_ENDPOINT_URL key if present, else AWS")
+    s3_region: str | None = Field(None, description="S3 region for the pods; unset: the Secret's "
+                                  "AWS_DEFAULT_REGION key if present")
     cpu: str | None = Field(None, description="CPU request per pod, e.g. 4 or 3500m")
     memory: str | None = Field(None, description="memory request and limit per pod, e.g. 32Gi")
     shm_size: str | None = Field("2Gi", description="size of the in-memory /dev/shm of each pod (NCCL and "
                                  "DataLoader workers need more than the runtime's 64 MB); empty: none")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of the trainer")
-    image_pull_policy: str | None = Field(None, description="Always, IfNotPresent or Never (default: Kubernetes')")
+    image_pull_policy: str | None = Field(None, description="Always, IfNotPresent or Never; unset: Kubernetes' "
+                                          "rule (Always for :latest, else IfNotPresent)")
     timeout: float = Field(86400.0, gt=0, description="seconds to wait for the job to finish before failing "
                            "(also the job's activeDeadlineSeconds)")
-    keep: bool = Field(False, description="keep the finished job and its pods (default: delete them); a "
+    keep: bool = Field(False, description="keep the finished job and its pods instead of deleting them; a "
                        "cancelled launch always deletes its job")
     poll_interval: float = Field(5.0, gt=0, description="seconds between two status reads of the job")
     stuck_grace: float = Field(180.0, ge=0, description="seconds a pod may stay in an image-pull or "
@@ -240,7 +241,7 @@ class LaunchConfig(StageConfig):
         return v
 
     @model_validator(mode="after")
-    def _image_set(self) -> "LaunchConfig":
+    def _image_set(self) -> LaunchConfig:
         if not self.image.strip():
             raise ValueError("image must not be empty")
         return self

@@ -28,7 +28,6 @@ from pydantic import Field
 
 from msenc_lib.errors import ConfigError
 from msenc_lib.launch.base import (
-    LaunchCancelled,
     LaunchConfig,
     LaunchError,
     LaunchResult,
@@ -316,7 +315,7 @@ class KubernetesJobApi:
         self.core = client.CoreV1Api(self.api_client)
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> "KubernetesJobApi":
+    def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> KubernetesJobApi:
         from kubernetes import config
 
         try:
@@ -501,6 +500,7 @@ class _LogFollower(threading.Thread):
                 self.echo(f"[{self.pod}] {line}")
         except Exception as e:  # a broken log stream must not fail the training job
             self.error = f"{type(e).__name__}: {e}"
+            self.echo(f"[msenc launch] log stream of {self.pod} stopped: {self.error}")
 
 
 def _stderr(line: str) -> None:
@@ -692,7 +692,8 @@ def _cli_run(args) -> LaunchResult | None:
     updates: dict[str, Any] = {}
     try:
         if args.node_selector_kv:
-            updates["node_selector"] = {**cfg.node_selector, **dict(parse_key_value(kv) for kv in args.node_selector_kv)}
+            given = dict(parse_key_value(kv) for kv in args.node_selector_kv)
+            updates["node_selector"] = {**cfg.node_selector, **given}
         if args.toleration_specs:
             for t in args.toleration_specs:
                 parse_toleration(t)
@@ -705,7 +706,4 @@ def _cli_run(args) -> LaunchResult | None:
     if args.render:
         sys.stdout.write(render_yaml(launcher.render()))
         return None
-    try:
-        return launcher.launch()
-    except LaunchCancelled:
-        raise KeyboardInterrupt from None
+    return launcher.launch()  # SIGTERM/Ctrl-C: LaunchCancelled is a KeyboardInterrupt (exit status 130)
