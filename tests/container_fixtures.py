@@ -194,11 +194,21 @@ def msenc_image(docker_api: DockerApi) -> str:
     return tag
 
 
-def _remove_stale_test_tags(docker_api: DockerApi, keep: str) -> None:
-    """Remove earlier ``test-*`` builds (layers shared with the new image stay)."""
+def _remove_stale_test_tags(docker_api: DockerApi, keep: str, max_age_h: float = 6.0) -> None:
+    """Remove ``test-*`` builds older than ``max_age_h`` (layers shared with newer images stay). Younger ones
+    are kept: another checkout on the same machine may be testing with its own build right now."""
+    import datetime
+
     import docker
 
+    now = datetime.datetime.now(datetime.timezone.utc)
     for image in docker_api.client.images.list(name=IMAGE_REPO):
+        try:
+            created = datetime.datetime.fromisoformat(image.attrs["Created"][:19]).replace(tzinfo=datetime.timezone.utc)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if (now - created).total_seconds() < max_age_h * 3600:
+            continue
         for t in image.tags:
             if t.startswith(f"{IMAGE_REPO}:test-") and t != keep:
                 try:

@@ -135,6 +135,13 @@ def test_cpu_job_has_no_gpu_and_several_gpus_use_torchrun():
     assert cmd[cmd.index("-m", 3):][:2] == ["-m", "msenc_lib.train"]
 
 
+def test_kfp_minio_artifact_uris_become_s3_uris():
+    cfg = make_cfg(data_uri="minio://mlpipeline/v2/artifacts/run/split", output_uri="s3://bucket/m")
+    assert cfg.data_uri == "s3://mlpipeline/v2/artifacts/run/split"
+    assert "s3://mlpipeline/v2/artifacts/run/split" in render_pytorchjob(cfg)["spec"]["pytorchReplicaSpecs"][
+        "Master"]["template"]["spec"]["containers"][0]["command"]
+
+
 def test_render_without_namespace_leaves_it_to_kubectl():
     assert "namespace" not in render_pytorchjob(make_cfg(name="msenc-x"))["metadata"]
     assert render_pytorchjob(make_cfg(name="msenc-x", namespace="ml"))["metadata"]["namespace"] == "ml"
@@ -439,6 +446,24 @@ def test_sigterm_cancels_and_deletes_the_job(tmp_path):
     assert fake.deleted == [("team-a", JOB)]
     assert f"cancelled: deleted PyTorchJob team-a/{JOB}" in err
     assert out == ""  # no result on stdout for a cancelled launch
+
+
+def test_ctrl_c_deletes_the_job_even_with_keep(tmp_path, monkeypatch):
+    """--keep keeps finished jobs only: a cancelled launch must not leave GPUs busy."""
+    with FakeKubeApi(success_steps(), master_log=LOG) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        lines: list[str] = []
+
+        def echo(line: str) -> None:
+            lines.append(line)
+            if line.endswith("is running.)"):  # the user presses Ctrl-C once the job runs
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            run_pytorchjob(make_cfg(name=JOB, keep=True, poll_interval=0.02), echo=echo)
+    assert fake.deleted == [("team-a", JOB)]
+    assert lines[-1] == f"[msenc launch] cancelled: deleted PyTorchJob team-a/{JOB}"
 
 
 # ------------------------------------------------------------------------------------ status helpers

@@ -101,6 +101,12 @@ def storage_env(secret_name: str, *, access_key_key: str = "AWS_ACCESS_KEY_ID",
     return env
 
 
+def to_s3_uri(uri: str) -> str:
+    """``minio://bucket/key`` (how Kubeflow Pipelines names artifacts in its MinIO) -> ``s3://bucket/key``;
+    other URIs unchanged. The MinIO endpoint then comes from the storage Secret or ``s3_endpoint``."""
+    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+
+
 # ------------------------------------------------------------------------------------------ scheduling
 def parse_key_value(text: str, what: str = "node selector") -> tuple[str, str]:
     """``key=value`` -> (key, value), checked against Kubernetes label syntax."""
@@ -186,7 +192,8 @@ class LaunchConfig(StageConfig):
     @field_validator("data_uri", "output_uri")
     @classmethod
     def _s3_only(cls, v: str) -> str:
-        if not str(v).startswith("s3://") or len(str(v)) <= len("s3://"):
+        v = to_s3_uri(str(v))
+        if not v.startswith("s3://") or len(v) <= len("s3://"):
             raise ValueError("must be an s3:// URI: the training pods cannot see local paths")
         return v
 
@@ -290,14 +297,19 @@ def sigterm_cancels() -> Iterator[None]:
     """Inside the block, SIGTERM (what Kubernetes sends a cancelled pipeline step) raises
     :class:`LaunchCancelled` in the main thread, so ``finally`` blocks can delete the cluster job.
 
+    Only the first SIGTERM raises; later ones are ignored so that the cleanup they interrupted can finish.
     Outside the main thread (where signal handlers cannot be set) it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    fired = False
 
     def handler(signum, frame):  # noqa: ARG001
-        raise LaunchCancelled(f"received signal {signum}")
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise LaunchCancelled(f"received signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

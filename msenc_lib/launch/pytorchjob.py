@@ -541,22 +541,22 @@ class PyTorchJobLauncher(TrainLauncher):
         ns, name = self.namespace, self.name
         t0 = self.clock()
         created = cancelled = False
-        try:
-            with sigterm_cancels():
+        with sigterm_cancels():  # still installed during the cleanup below; a second SIGTERM is ignored
+            try:
                 api.create_job(ns, job)
                 created = True
                 self.echo(f"[msenc launch] created PyTorchJob {ns}/{name}: {self.cfg.workers} pod(s) x "
                           f"{self.cfg.gpus_per_worker} GPU(s), image {self.cfg.image}")
                 self._wait(api, t0)
-        except KeyboardInterrupt:  # Ctrl-C or LaunchCancelled (SIGTERM)
-            cancelled = True
-            raise
-        finally:
-            if created and (cancelled or not self.cfg.keep):
-                self._delete(api, cancelled)
-            elif created:
-                self.echo(f"[msenc launch] kept PyTorchJob {ns}/{name} (delete it with: kubectl -n {ns} "
-                          f"delete pytorchjob {name})")
+            except KeyboardInterrupt:  # Ctrl-C or LaunchCancelled (SIGTERM)
+                cancelled = True
+                raise
+            finally:
+                if created and (cancelled or not self.cfg.keep):
+                    self._delete(api, cancelled)
+                elif created:
+                    self.echo(f"[msenc launch] kept PyTorchJob {ns}/{name} (delete it with: kubectl -n {ns} "
+                              f"delete pytorchjob {name})")
         return LaunchResult(backend=self.backend, job_name=name, namespace=ns, state="Succeeded",
                             model_uri=self.cfg.output_uri, duration_s=round(self.clock() - t0, 3),
                             kept=self.cfg.keep)
