@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.msenc-installed
 DEMO_DIR ?= demo-output
 
-.PHONY: install test demo image clean
+.PHONY: install test demo image image-cuda image-local clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,28 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/msenc generate-data --size demo --seed 0 --output-dir $(DEMO_DIR)/raw
 	$(VENV)/bin/msenc ingest --input-path $(DEMO_DIR)/raw --output-dir $(DEMO_DIR)/unified
+
+# Images (images/README.md): docker or podman, whichever is installed (ENGINE=... to choose).
+# IMAGE names keep "python" in them (kfp's SubprocessRunner warns otherwise).
+IMAGE ?= localhost/msenc-python:dev
+IMAGE_CUDA ?= localhost/msenc-python-cuda:dev
+BASE_IMAGE ?=
+BASE_IMAGE_CUDA ?=
+# A local CPU torch wheel, where this machine keeps one, is installed instead of downloading torch.
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl))
+LOCAL_BASE_IMAGE ?= localhost/msenc-python-base:bookworm
+SHARED_TOOLS ?= ../shared/tools
+
+image:
+	BASE_IMAGE="$(BASE_IMAGE)" TORCH_WHEEL="$(TORCH_WHEEL)" bash images/build.sh "$(IMAGE)"
+
+image-cuda:
+	DOCKERFILE=images/Dockerfile.cuda BASE_IMAGE="$(BASE_IMAGE_CUDA)" bash images/build.sh "$(IMAGE_CUDA)"
+
+# Without a reachable registry (this machine, CI): a Debian + Python base made locally with podman first.
+image-local:
+	bash $(SHARED_TOOLS)/build-base-image.sh "$(LOCAL_BASE_IMAGE)"
+	$(MAKE) image BASE_IMAGE="$(LOCAL_BASE_IMAGE)"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -21,7 +21,13 @@ from msenc_lib import __version__
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import MsencError
 
-COMMAND_MODULES: list[str] = ["msenc_lib.data.synthetic", "msenc_lib.ingest", "msenc_lib.evaluate"]
+COMMAND_MODULES: list[str] = [
+    "msenc_lib.data.synthetic",
+    "msenc_lib.ingest",
+    "msenc_lib.embed",
+    "msenc_lib.evaluate",
+    "msenc_lib.launch",
+]
 
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
@@ -68,10 +74,13 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type[StageCo
         flags = [f"--{name.replace('_', '-')}"]
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         flags += [a for a in extra.get("cli_aliases", []) if a not in flags]
-        default = field.get_default(call_default_factory=True)
         help_text = (field.description or "").strip()
-        if not isinstance(default, BaseModel):
-            help_text = f"{help_text} (default: {default!r})".strip()
+        if field.is_required():
+            help_text = f"{help_text} (required)".strip()
+        else:
+            default = field.get_default(call_default_factory=True)
+            if not isinstance(default, BaseModel):
+                help_text = f"{help_text} (default: {default!r})".strip()
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
         tp = _unwrap_optional(field.annotation)
         origin = typing.get_origin(tp)

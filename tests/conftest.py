@@ -55,3 +55,7 @@ def s3(moto_server, monkeypatch) -> S3Env:
     env = S3Env(endpoint=moto_server, bucket=f"msenc-{uuid.uuid4().hex[:10]}")
     env.client().create_bucket(Bucket=env.bucket)
     return env
+
+
+# Docker-API socket + msenc image for tests marked `container` (see container_fixtures.py).
+from container_fixtures import docker_api, msenc_image  # noqa: E402,F401
