@@ -141,7 +141,8 @@ def image_inputs_hash(*extra: str) -> str:
     """Hash of the files the CPU image is built from (plus ``extra`` strings such as the base image ID)."""
     files = [REPO / "images" / "Dockerfile", REPO / "images" / "pyproject_requirements.py", REPO / ".dockerignore",
              REPO / "pyproject.toml", REPO / "README.md"]
-    files += sorted(p for p in (REPO / "msenc_lib").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for package in ("msenc_lib", "components", "pipelines"):
+        files += sorted(p for p in (REPO / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes() + b"\0")
