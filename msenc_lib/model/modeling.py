@@ -46,16 +46,18 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- building blocks
-def _rotary_tables(length: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary_factors(length: int, head_dim: int, theta: float, device) -> torch.Tensor:
+    """(length, head_dim / 2) unit complex numbers e^{i * position * frequency}."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+def _apply_rotary(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x[2j], x[2j+1]) of the last axis by the position's angles: one complex
+    multiply instead of the usual rotate-half cat/neg/mul/add."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * factors).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -75,8 +77,8 @@ class Attention(nn.Module):
         n, s, _ = x.shape
         q, k, v = self.qkv(x).view(n, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rotary:
-            cos, sin = _rotary_tables(s, self.head_dim, self.theta, x.device, q.dtype)
-            q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
+            factors = _rotary_factors(s, self.head_dim, self.theta, x.device)
+            q, k = _apply_rotary(q, factors), _apply_rotary(k, factors)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout if self.training else 0.0)
