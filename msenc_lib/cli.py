@@ -21,7 +21,8 @@ from msenc_lib import __version__
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import MsencError
 
-COMMAND_MODULES: list[str] = ["msenc_lib.data.synthetic", "msenc_lib.ingest", "msenc_lib.evaluate"]
+COMMAND_MODULES: list[str] = ["msenc_lib.data.synthetic", "msenc_lib.ingest", "msenc_lib.preprocess", "msenc_lib.split",
+                              "msenc_lib.evaluate"]
 
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
