@@ -91,3 +91,29 @@ def reference_preprocess(paths: Sequence[str], column_id: str = "cell_key",
 
 
 __all__ = ["reference_preprocess", "read_all", "smooth_loop"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the reference end to end like the original: read, preprocess, write ``<cell>.csv`` per cell."""
+    import argparse
+    import glob
+    import os
+
+    import polars as pl
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input", nargs="+", required=True, help="unified Parquet/CSV files or globs")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--seed", type=int, default=24)
+    p.add_argument("--time-cutoff", type=float, nargs="*", default=None)
+    args = p.parse_args(argv)
+    paths = sorted(f for pattern in args.input for f in (glob.glob(pattern) or [pattern]))
+    streams = reference_preprocess(paths, seed=args.seed, time_cutoff=args.time_cutoff)
+    os.makedirs(args.output_dir, exist_ok=True)
+    for cell, stream in streams.items():
+        pl.DataFrame({"cell_key": [cell], "battery_stream": [stream]}).write_csv(f"{args.output_dir}/{cell}.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

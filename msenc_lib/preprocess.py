@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -471,10 +472,21 @@ def _worker_init() -> None:
     pa.set_io_thread_count(2)
 
 
-def _run_tasks(func, tasks: list, workers: int, desc: str, progress: bool, weights: list[int] | None = None,
+@contextlib.contextmanager
+def _worker_pool(workers: int):
+    """Spawned worker processes for ``workers > 1`` (None: run in this process)."""
+    if workers <= 1:
+        yield None
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+        yield pool
+
+
+def _run_tasks(func, tasks: list, pool, desc: str, progress: bool, weights: list[int] | None = None,
                unit: str = "row") -> list:
-    """Run ``func`` over ``tasks`` (in-process for one worker, else in spawned processes); results in
-    task order. The first failure cancels the rest and is raised."""
+    """Run ``func`` over ``tasks`` (in this process when ``pool`` is None); results in task order. The
+    first failure cancels the rest and is raised."""
     from tqdm.auto import tqdm
 
     weights = weights or [1] * len(tasks)
@@ -482,24 +494,21 @@ def _run_tasks(func, tasks: list, workers: int, desc: str, progress: bool, weigh
                disable=not progress, dynamic_ncols=True, leave=False)
     results: list = [None] * len(tasks)
     try:
-        if workers <= 1 or len(tasks) <= 1:
+        if pool is None or len(tasks) <= 1:
             for i, t in enumerate(tasks):
                 results[i] = func(t)
                 bar.update(weights[i])
             return results
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                                    initializer=_worker_init) as pool:
-            futs = {pool.submit(func, t): i for i, t in enumerate(tasks)}
-            try:
-                for fut in cf.as_completed(futs):
-                    i = futs[fut]
-                    results[i] = fut.result()
-                    bar.update(weights[i])
-            except BaseException:
-                for f in futs:
-                    f.cancel()
-                raise
+        futs = {pool.submit(func, t): i for i, t in enumerate(tasks)}
+        try:
+            for fut in cf.as_completed(futs):
+                i = futs[fut]
+                results[i] = fut.result()
+                bar.update(weights[i])
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
         return results
     finally:
         bar.close()
@@ -561,7 +570,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
 
     from msenc_lib import __version__, storage
     from msenc_lib.textformat import INVALID, TEXT
-    from msenc_lib.tokenizer import load_tokenizer, save_tokenizer, tokenizer_info
+    from msenc_lib.tokenizer import load_tokenizer, tokenizer_info
 
     start = time.perf_counter()
     mode = "training" if config.is_training_shuffled else "embedding"
@@ -572,7 +581,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         raise ConfigError(f"--value-sep {config.value_sep!r} has characters the built-in tokenizer cannot encode; "
                           "use ',' or a tokenizer folder that covers it")
 
-    with tempfile.TemporaryDirectory(prefix="msenc-preprocess-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="msenc-preprocess-") as tmpdir, _worker_pool(config.workers) as pool:
         tmp = Path(tmpdir)
         local_files, uris, fmt = input_files(str(input_uri), tmp)
         columns = read_columns(local_files[0], fmt, uris[0])
@@ -596,7 +605,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         spill.mkdir()
         scan_tasks = [(i, p, u, fmt, config.column_id, needed, cutoffs, str(spill))
                       for i, (p, u) in enumerate(zip(local_files, uris))]
-        scans: list[FileScan] = _run_tasks(scan_file, scan_tasks, config.workers, "scanning inputs",
+        scans: list[FileScan] = _run_tasks(scan_file, scan_tasks, pool, "scanning inputs",
                                            config.progress, unit="file")
 
         cells: dict[str, CellInfo] = {}
@@ -638,7 +647,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
             if config.text:
                 (staging / TEXT_DIR).mkdir()
             tok_dir = staging / TOKENIZER_DIR
-            save_tokenizer(loaded.tokenizer, tok_dir)
+            loaded.save(tok_dir)
             plan = Plan(
                 mode=mode, text_columns=text_columns, time_columns=list(config.column_time), cutoffs=cutoffs,
                 smooth=config.smooth_charge_capacity, precision=config.decimal_precision, value_sep=value_sep,
@@ -650,7 +659,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
             )
             shards = _plan_shards(kept, config.shard_rows)
             shard_tasks = [(i, s, plan) for i, s in enumerate(shards)]
-            results = _run_tasks(process_shard, shard_tasks, config.workers, f"preprocess ({mode})",
+            results = _run_tasks(process_shard, shard_tasks, pool, f"preprocess ({mode})",
                                  config.progress, weights=[sum(c.rows for c in s) for s in shards])
             cell_stats = [st for r in results for st in r["cells"]]
             checks = [st.pop("lossless", True) for st in cell_stats]
@@ -703,7 +712,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         output_uri=str(output_uri), mode=mode, n_input_files=len(uris), n_cells=len(cell_stats),
         n_sequences=n_sequences, n_rows_in=n_rows_in, n_rows=n_rows, n_tokens=n_tokens,
         max_len=max_len if mode == "training" else None, n_shards=len(results), skipped_cells=skipped,
-        warnings=warnings, tokenizer=loaded.name, vocab_size=len(loaded.tokenizer), lossless=lossless,
+        warnings=warnings, tokenizer=loaded.name, vocab_size=loaded.vocab_size(), lossless=lossless,
         manifest_uri=storage.join(str(output_uri), MANIFEST_NAME), seconds=round(time.perf_counter() - start, 3),
     )
 

@@ -198,7 +198,8 @@ class _Spiller:
         if w is None:
             path = self.dir / f"{self.file_index:06d}-{len(self._writers):06d}.arrow"
             sink = pa.OSFile(str(path), "wb")
-            w = (ipc.new_file(sink, table.schema), sink, path, table.schema)
+            options = ipc.IpcWriteOptions(compression="lz4")  # spill files are read once: cheap compression
+            w = (ipc.new_file(sink, table.schema, options=options), sink, path, table.schema)
             self._writers[key] = w
             types = {f.name: f.type for f in table.schema}
             self.cells.setdefault(key, CellInfo(key)).pieces.append(Piece(str(path), "ipc", self.source, types))
@@ -262,6 +263,34 @@ def _split_batch(batch, column_id: str, cutoffs, spiller: _Spiller, keep: list[s
     return minima
 
 
+def _types(pf, needed: list[str]) -> dict[str, Any]:
+    return {f.name: f.type for f in pf.schema_arrow if f.name in needed}
+
+
+def _single_key_from_statistics(pf, column_id: str) -> str | None:
+    """The one cell key of a Parquet file, when its column statistics prove it (min == max, no nulls, in
+    every row group); None when they do not (the column is then read)."""
+    meta = pf.metadata
+    if meta.num_rows == 0 or meta.num_row_groups == 0:
+        return None
+    try:
+        idx = pf.schema_arrow.names.index(column_id)
+    except ValueError:
+        return None
+    if len(meta.schema) != len(pf.schema_arrow.names):  # nested columns: leaf indices differ
+        return None
+    found = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(idx).statistics
+        if stats is None or not stats.has_min_max or stats.null_count != 0 or stats.min != stats.max:
+            return None
+        value = stats.min.decode() if isinstance(stats.min, bytes) else str(stats.min)
+        if found is not None and value != found:
+            return None
+        found = value
+    return found
+
+
 def scan_file(args: tuple) -> FileScan:
     """Phase 1 for one input file: find its cells and row counts; spill it per cell unless it is a
     single-cell Parquet file (read directly later)."""
@@ -275,20 +304,27 @@ def scan_file(args: tuple) -> FileScan:
     if fmt == "parquet":
         try:
             pf = pq.ParquetFile(path)
-            head = pq.read_table(path, columns=list(dict.fromkeys([column_id, *cut_cols])))
+            key = _single_key_from_statistics(pf, column_id)
+            cols = list(dict.fromkeys(cut_cols if key is not None else [column_id, *cut_cols]))
+            head = pq.read_table(path, columns=cols) if cols else None
         except (pa.ArrowInvalid, OSError) as e:
             raise InputDataError(f"{source}: not a readable Parquet file: {e}") from None
-        keys = head.column(column_id)
-        if keys.null_count:
-            raise InputDataError(f"{source}: empty {column_id!r} in {keys.null_count} row(s)")
-        uniq = keys.unique() if keys.num_chunks else pa.array([])
-        if len(uniq) == 1:
-            key = str(uniq[0].as_py())
+        if key is None:
+            keys = head.column(column_id)
+            if keys.null_count:
+                raise InputDataError(f"{source}: empty {column_id!r} in {keys.null_count} row(s)")
+            uniq = keys.unique() if keys.num_chunks else pa.array([])
+            key = str(uniq[0].as_py()) if len(uniq) == 1 else None
+        if key is not None:
+            if head is None:  # no cutoff: the footer has all we need
+                info = CellInfo(key, [Piece(path, "parquet", source, _types(pf, needed))], pf.metadata.num_rows,
+                                pf.metadata.num_rows)
+                return FileScan(index, source, {key: info}, {})
             rows = head.num_rows
             if cutoffs:
                 rows = int(np.asarray(cutoff_mask(head, cutoffs, source).to_numpy(zero_copy_only=False), bool).sum())
-            types = {f.name: f.type for f in pf.schema_arrow if f.name in needed}
-            info = CellInfo(key, [Piece(path, "parquet", source, types)] if rows else [], head.num_rows, rows)
+            info = CellInfo(key, [Piece(path, "parquet", source, _types(pf, needed))] if rows else [],
+                            head.num_rows, rows)
             return FileScan(index, source, {key: info}, _minima(head, cut_cols))
         spiller = _Spiller(Path(spill_dir), index, source)
         minima: dict[str, Any] = {}

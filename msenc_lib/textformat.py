@@ -33,7 +33,7 @@ import pyarrow as pa
 PAD_BYTE, SEP_BYTE, UNK_BYTE = 0, 1, 2
 FAST_MAX_PRECISION = 15
 _D_LIMIT = 1e15  # |D| below this: at most 15 significant digits -> repr is the decimal D/10**p
-DEFAULT_CHUNK_ROWS = 1 << 15
+DEFAULT_CHUNK_ROWS = 1 << 14
 
 
 class UnformattableValue(ValueError):
@@ -143,44 +143,90 @@ def rounded_abs(a: np.ndarray, precision: int) -> np.ndarray:
         return fl + ((g > 0) | ((g == 0) & odd))
 
 
-# ----------------------------------------------------------------------------------------- column blocks
-def _put_codes(block: np.ndarray, mask: np.ndarray, codes: np.ndarray, pad: int) -> None:
-    """Write ``codes`` left-aligned (rest padding) into the columns of ``block`` selected by ``mask``."""
-    if not mask.any():
-        return
-    block[:, mask] = pad
-    for j, code in enumerate(codes):
-        block[j, mask] = code
+# ----------------------------------------------------------------------------------------- digit tables
+_TABLES: dict[tuple[int, int], tuple[np.ndarray, dict[int, np.ndarray]]] = {}
+_GROUP = 10_000  # integers are written 4 digits at a time
 
 
-def _put_strings(block: np.ndarray, rows: np.ndarray, words: list[np.ndarray], pad: int) -> None:
-    block[:, rows] = pad
-    for r, w in zip(rows.tolist(), words):
-        block[: len(w), r] = w
+def _tables(zero: int, pad: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Code tables for digit code ``zero`` (0..9 consecutive) and padding ``pad``:
+
+    * integer groups ``(3 * 10**4, 4)``: ``v`` right-aligned without leading zeros (``0`` -> ``"0"``), then
+      ``v`` zero-padded to 4 digits, then all padding;
+    * fractions ``{p: (10**p, p)}`` for p = 1..4: the p digits of ``f`` without trailing zeros (one kept).
+    """
+    key = (zero, pad)
+    got = _TABLES.get(key)
+    if got is None:
+        v = np.arange(_GROUP)
+        digits = np.stack([(v // 10 ** (3 - j)) % 10 for j in range(4)], axis=1)
+        padded = (digits + zero).astype(np.uint8)
+        unpadded = padded.copy()
+        for j in range(3):
+            unpadded[:, j] = np.where(v >= 10 ** (3 - j), padded[:, j], pad)
+        ints = np.concatenate([unpadded, padded, np.full((_GROUP, 4), pad, np.uint8)])
+        fracs = {}
+        for p in range(1, 5):
+            f = np.arange(10 ** p)
+            d = np.stack([(f // 10 ** (p - 1 - j)) % 10 for j in range(p)], axis=1)
+            kept = np.cumsum((d != 0)[:, ::-1], axis=1)[:, ::-1] > 0
+            kept[:, 0] = True
+            fracs[p] = np.where(kept, d + zero, pad).astype(np.uint8)
+        got = (ints, fracs)
+        _TABLES[key] = got
+    return got
 
 
-def _digits_into(block: np.ndarray, first: int, width: int, value: np.ndarray, zero: int, pad: int) -> None:
-    """Right-aligned decimal digits of ``value >= 0`` into rows ``first..first+width-1`` of ``block``;
-    leading zeros become padding (one digit is always written)."""
-    r = value.copy()
-    for i in range(width):
-        d = r % 10
-        r //= 10
-        row = first + width - 1 - i
-        if i == 0:
-            block[row] = d + zero
+def _int_codes(value: np.ndarray, k: int, ints: np.ndarray) -> np.ndarray:
+    """``(n, k)`` codes of ``value >= 0`` right-aligned in ``k`` slots, leading slots padding."""
+    if k <= 4:  # value < 10**k: one group, no leading-zero groups
+        return ints[value][:, 4 - k:]
+    if k > 8:
+        value = value.astype(np.int64, copy=False)
+    out = np.empty((len(value), k), dtype=np.uint8)
+    for g in range(-(-k // 4)):
+        low = 10 ** (4 * g)
+        part = (value // low) % _GROUP if g else value % _GROUP
+        if g == 0:
+            mode = (value >= _GROUP).astype(np.intp)
         else:
-            block[row] = np.where(value >= 10 ** i, d + zero, pad)
+            mode = np.where(value >= low * _GROUP, 1, np.where(value >= low, 0, 2))
+        codes = ints[part + mode * _GROUP]
+        right = k - 4 * g
+        left = max(0, right - 4)
+        out[:, left:right] = codes[:, 4 - (right - left):]
+    return out
 
 
 def _int_type_for(max_value: int):
     return np.int32 if max_value < (1 << 31) else np.int64
 
 
-def _float_block(values: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alphabet) -> np.ndarray:
-    n = len(values)
-    zero, pad = ab.code("0"), ab.pad
-    x = values
+# ------------------------------------------------------------------------------------- prepared columns
+# A prepared column chunk is (width, write): ``write(dest)`` fills the ``(rows, width)`` view ``dest``.
+Prepared = tuple
+
+
+def _word(codes: np.ndarray) -> Prepared:
+    """Every row holds the same text (constant columns: no per-value work)."""
+    def write(dest: np.ndarray) -> None:
+        dest[:] = codes
+    return len(codes), write
+
+
+def _overwrite_rows(dest: np.ndarray, mask: np.ndarray, codes: np.ndarray, pad: int) -> None:
+    if mask.any():
+        dest[mask] = pad
+        dest[mask, : len(codes)] = codes
+
+
+def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alphabet) -> Prepared:
+    n = len(x)
+    pad, zero = ab.pad, ab.code("0")
+    if valid is None and n:
+        bits = x.view(np.int64)
+        if bits.min() == bits.max():
+            return _word(ab.codes(format_value(float(x[0]), precision).encode()))
     finite = np.isfinite(x)
     if valid is not None:
         finite &= valid
@@ -201,77 +247,84 @@ def _float_block(values: np.ndarray, valid: np.ndarray | None, precision: int, a
     frac = di - ipart * itype(scale)
     imax = int(ipart.max()) if n else 0
     k = max(1, len(str(imax)))
-    pf = max(precision, 1)
-    width = 1 + k + 1 + pf
+    base = 1 + k + 1 + max(precision, 1)
 
-    slow = ~fast
-    if valid is not None:
-        slow &= valid
-    nan_mask = np.isnan(x) & slow
-    pinf = np.isposinf(x) & slow
-    ninf = np.isneginf(x) & slow
-    other = slow & ~(nan_mask | pinf | ninf)
-    other_rows = np.flatnonzero(other)
-    other_words = [ab.codes(str(round(v, precision)).encode()) for v in x[other_rows].tolist()]
-    if other_words:
-        width = max(width, max(len(w) for w in other_words))
-
-    block = np.empty((width, n), dtype=np.uint8)
-    block[0] = np.where(np.signbit(x), ab.code("-"), pad)
-    _digits_into(block, 1, k, ipart, zero, pad)
-    block[k + 1] = ab.code(".")
-    if precision <= 0:
-        block[k + 2] = zero
+    slow = ~fast if valid is None else ~fast & valid
+    specials = []
+    if slow.any():
+        for mask, word in ((np.isnan(x) & slow, b"nan"), (np.isposinf(x) & slow, b"inf"),
+                           (np.isneginf(x) & slow, b"-inf")):
+            if mask.any():
+                specials.append((mask, ab.codes(word)))
+        other = slow & ~np.isnan(x) & ~np.isinf(x)
+        other_rows = np.flatnonzero(other)
     else:
-        r = frac.copy()
-        seen = np.zeros(n, dtype=bool)
-        for j in range(precision - 1, -1, -1):  # drop trailing zeros, keep at least one digit
-            dgt = r % 10
-            r //= 10
-            seen |= dgt != 0
-            block[k + 2 + j] = dgt + zero if j == 0 else np.where(seen, dgt + zero, pad)
-    if width > 1 + k + 1 + pf:
-        block[1 + k + 1 + pf:] = pad
-    for mask, word in ((nan_mask, b"nan"), (pinf, b"inf"), (ninf, b"-inf")):
-        if mask.any():
-            _put_codes(block, mask, ab.codes(word), pad)
-    if other_words:
-        _put_strings(block, other_rows, other_words, pad)
-    if valid is not None:
-        _put_codes(block, ~valid, np.array([ab.unk], np.uint8), pad)
-    return block
+        other_rows = np.zeros(0, np.intp)
+    other_words = [ab.codes(str(round(v, precision)).encode()) for v in x[other_rows].tolist()]
+    width = max([base, *(len(c) for _, c in specials), *(len(w) for w in other_words)])
+    ints, fracs = _tables(zero, pad)
+
+    def write(dest: np.ndarray) -> None:
+        dest[:, 0] = np.where(np.signbit(x), ab.code("-"), pad)
+        dest[:, 1: 1 + k] = _int_codes(ipart, k, ints)
+        dest[:, 1 + k] = ab.code(".")
+        if precision <= 0:
+            dest[:, 2 + k] = zero
+        elif precision <= 4:
+            dest[:, 2 + k: 2 + k + precision] = fracs[precision][frac]
+        else:
+            r = frac.copy()
+            seen = np.zeros(n, dtype=bool)
+            for j in range(precision - 1, -1, -1):  # drop trailing zeros, keep one digit
+                dgt = r % 10
+                r //= 10
+                seen |= dgt != 0
+                dest[:, 2 + k + j] = dgt + zero if j == 0 else np.where(seen, dgt + zero, pad)
+        if width > base:
+            dest[:, base:] = pad
+        for mask, codes in specials:
+            _overwrite_rows(dest, mask, codes, pad)
+        for r_, w in zip(other_rows.tolist(), other_words):
+            dest[r_] = pad
+            dest[r_, : len(w)] = w
+        if valid is not None:
+            _overwrite_rows(dest, ~valid, np.array([ab.unk], np.uint8), pad)
+
+    return width, write
 
 
-def _int_block(values: np.ndarray, valid: np.ndarray | None, ab: Alphabet) -> np.ndarray:
+def _prep_int(values: np.ndarray, valid: np.ndarray | None, ab: Alphabet) -> Prepared:
     n = len(values)
+    if valid is None and n and values.min() == values.max():
+        return _word(ab.codes(str(int(values[0])).encode()))
     if values.dtype == np.uint64 and n and int(values.max()) > np.iinfo(np.int64).max:
-        words = [str(int(v)).encode() for v in values.tolist()]
-        return _string_block_from_words(words, valid, ab)
+        return _prep_words([str(int(v)).encode() for v in values.tolist()], valid, ab)
     v = values.astype(np.int64, copy=False)
-    neg = v < 0
     with np.errstate(over="ignore"):
         a = np.abs(v)
-    if n and a.min() < 0:  # int64 minimum: no positive counterpart
-        words = [str(int(x)).encode() for x in v.tolist()]
-        return _string_block_from_words(words, valid, ab)
+    if n and a.min() < 0:  # the int64 minimum has no positive counterpart
+        return _prep_words([str(int(x)).encode() for x in v.tolist()], valid, ab)
     amax = int(a.max()) if n else 0
     a = a.astype(_int_type_for(amax), copy=False)
     k = max(1, len(str(amax)))
-    block = np.empty((k + 1, n), dtype=np.uint8)
-    block[0] = np.where(neg, ab.code("-"), ab.pad)
-    _digits_into(block, 1, k, a, ab.code("0"), ab.pad)
-    if valid is not None:
-        _put_codes(block, ~valid, np.array([ab.unk], np.uint8), ab.pad)
-    return block
+    ints, _ = _tables(ab.code("0"), ab.pad)
+
+    def write(dest: np.ndarray) -> None:
+        dest[:, 0] = np.where(v < 0, ab.code("-"), ab.pad)
+        dest[:, 1:] = _int_codes(a, k, ints)
+        if valid is not None:
+            _overwrite_rows(dest, ~valid, np.array([ab.unk], np.uint8), ab.pad)
+
+    return k + 1, write
 
 
-def _string_block_from_words(words: list[bytes | None], valid: np.ndarray | None, ab: Alphabet) -> np.ndarray:
+def _prep_words(words: list[bytes | None], valid: np.ndarray | None, ab: Alphabet) -> Prepared:
     arr = pa.array([w if (valid is None or valid[i]) else None for i, w in enumerate(words)], pa.binary())
-    return _binary_block(arr, ab)
+    return _prep_binary(arr, ab)
 
 
-def _binary_block(arr: pa.Array, ab: Alphabet) -> np.ndarray:
-    """Left-aligned bytes of a string/binary array (nulls -> the unk placeholder)."""
+def _prep_binary(arr: pa.Array, ab: Alphabet) -> Prepared:
+    """Left-aligned bytes of a string/binary array (nulls -> unk)."""
     n = len(arr)
     if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
         arr = arr.cast(pa.large_binary())
@@ -284,10 +337,10 @@ def _binary_block(arr: pa.Array, ab: Alphabet) -> np.ndarray:
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     starts = offsets[:-1]
     lengths = offsets[1:] - starts
-    valid = None if arr.null_count == 0 else np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool)
+    valid = _valid_mask(arr)
+    mapped = ab.table[data] if data.size else data
     if data.size:
-        mapped = ab.table[data]
-        bad = np.flatnonzero(mapped == INVALID)
+        bad = np.flatnonzero(mapped[offsets[0]: offsets[-1]] == INVALID) + offsets[0]
         if bad.size:
             row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
             if valid is None or valid[row]:
@@ -295,18 +348,19 @@ def _binary_block(arr: pa.Array, ab: Alphabet) -> np.ndarray:
                 example = example.decode(errors="replace") if isinstance(example, bytes) else str(example)
                 raise UnformattableValue(f"value {example!r} has a character that cannot be represented",
                                          example=example)
-    else:
-        mapped = data
     width = max(1, int(lengths.max()) if n else 1)
-    block = np.full((width, n), ab.pad, dtype=np.uint8)
-    for j in range(width):
-        has = lengths > j
+
+    def write(dest: np.ndarray) -> None:
+        dest[:] = ab.pad
+        for j in range(width):
+            has = lengths > j
+            if valid is not None:
+                has &= valid
+            dest[has, j] = mapped[starts[has] + j]
         if valid is not None:
-            has &= valid
-        block[j, has] = mapped[starts[has] + j]
-    if valid is not None:
-        _put_codes(block, ~valid, np.array([ab.unk], np.uint8), ab.pad)
-    return block
+            _overwrite_rows(dest, ~valid, np.array([ab.unk], np.uint8), ab.pad)
+
+    return width, write
 
 
 def _valid_mask(arr: pa.Array) -> np.ndarray | None:
@@ -315,8 +369,8 @@ def _valid_mask(arr: pa.Array) -> np.ndarray | None:
     return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def column_block(arr: pa.Array, precision: int, ab: Alphabet = TEXT) -> np.ndarray:
-    """The code block ``(width, len(arr))`` of one column chunk (see module doc)."""
+def prepare_column(arr: pa.Array | pa.ChunkedArray, precision: int, ab: Alphabet = TEXT) -> Prepared:
+    """``(width, write)`` for one column chunk: ``write(dest)`` fills a ``(len(arr), width)`` uint8 view."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     t = arr.type
@@ -325,31 +379,25 @@ def column_block(arr: pa.Array, precision: int, ab: Alphabet = TEXT) -> np.ndarr
         t = arr.type
     n = len(arr)
     if pa.types.is_null(t) or arr.null_count == n:
-        return np.full((1, n), ab.unk, dtype=np.uint8)
+        return _word(np.array([ab.unk], np.uint8))
     valid = _valid_mask(arr)
     if pa.types.is_floating(t):
         values = arr.cast(pa.float64())
         values = values.fill_null(0.0).to_numpy() if valid is not None else values.to_numpy(zero_copy_only=False)
-        return _float_block(values, valid, precision, ab)
+        return _prep_float(values, valid, precision, ab)
     if pa.types.is_integer(t):
         values = arr.fill_null(0).to_numpy() if valid is not None else arr.to_numpy(zero_copy_only=False)
-        return _int_block(values, valid, ab)
+        return _prep_int(values, valid, ab)
     if pa.types.is_boolean(t):
-        truth = np.asarray(arr.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        block = np.empty((5, n), dtype=np.uint8)
-        _put_codes(block, truth, ab.codes(b"True"), ab.pad)
-        _put_codes(block, ~truth, ab.codes(b"False"), ab.pad)
-        if valid is not None:
-            _put_codes(block, ~valid, np.array([ab.unk], np.uint8), ab.pad)
-        return block
+        truth = arr.fill_null(False).to_pylist()
+        return _prep_words([b"True" if v else b"False" for v in truth], valid, ab)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or \
             pa.types.is_large_binary(t):
-        return _binary_block(arr, ab)
+        return _prep_binary(arr, ab)
     if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
-        return _binary_block(arr.cast(pa.large_binary()), ab)
+        return _prep_binary(arr.cast(pa.large_binary()), ab)
     # Anything else (dates, decimals, ...): Python's str() of the value, like the original.
-    words = [None if v is None else str(v).encode() for v in arr.to_pylist()]
-    return _string_block_from_words(words, None, ab)
+    return _prep_words([None if v is None else str(v).encode() for v in arr.to_pylist()], None, ab)
 
 
 # ------------------------------------------------------------------------------------------------- rows
@@ -369,27 +417,25 @@ def format_rows(columns: Sequence[pa.Array | pa.ChunkedArray], precision: int, v
     lengths: list[np.ndarray] = []
     for start in range(0, n, chunk_rows):
         m = min(chunk_rows, n - start)
-        blocks = []
+        prepared = []
         for i, c in enumerate(cols):
             try:
-                blocks.append(column_block(c.slice(start, m), precision, ab))
+                prepared.append(prepare_column(c.slice(start, m), precision, ab))
             except UnformattableValue as e:
                 name = names[i] if names else None
                 raise UnformattableValue(f"column {name!r}: {e}" if name else str(e), name, e.example) from None
         extra = 1 if sep_after is not None else 0
-        width = sum(b.shape[0] for b in blocks) + len(vsep) * (len(blocks) - 1) + extra
-        mat = np.empty((width, m), dtype=np.uint8)
+        width = sum(w for w, _ in prepared) + len(vsep) * (len(prepared) - 1) + extra
+        rows = np.empty((m, width), dtype=np.uint8)
         o = 0
-        for i, b in enumerate(blocks):
-            mat[o: o + b.shape[0]] = b
-            o += b.shape[0]
-            if i < len(blocks) - 1:
-                for code in vsep:
-                    mat[o] = code
-                    o += 1
+        for i, (w, write) in enumerate(prepared):
+            write(rows[:, o: o + w])
+            o += w
+            if i < len(prepared) - 1 and len(vsep):
+                rows[:, o: o + len(vsep)] = vsep
+                o += len(vsep)
         if extra:
-            mat[o] = np.where(sep_after[start: start + m], ab.sep, ab.pad)
-        rows = np.ascontiguousarray(mat.T)
+            rows[:, o] = np.where(sep_after[start: start + m], ab.sep, ab.pad)
         keep = rows != ab.pad
         pieces.append(rows[keep])
         if want_lengths:
@@ -410,6 +456,6 @@ def to_text(codes: np.ndarray | bytes, time_sep: str, unk: str, ab: Alphabet = T
 
 
 __all__ = [
-    "Alphabet", "TEXT", "token_alphabet", "format_value", "rounded_abs", "column_block", "format_rows", "to_text",
+    "Alphabet", "TEXT", "token_alphabet", "format_value", "rounded_abs", "prepare_column", "format_rows", "to_text",
     "UnformattableValue", "FAST_MAX_PRECISION", "INVALID", "PAD_BYTE", "SEP_BYTE", "UNK_BYTE",
 ]

@@ -48,23 +48,43 @@ def builtin_vocab(sep_token: str = DEFAULT_SEP) -> dict[str, int]:
     return {tok: i for i, tok in enumerate(specials + list(CHARACTERS))}
 
 
-def build_numeric_tokenizer(sep_token: str = DEFAULT_SEP):
-    """The built-in numeric tokenizer as a ``transformers`` fast tokenizer (not yet saved)."""
+def _builtin_core(sep_token: str):
+    """The built-in tokenizer as a ``tokenizers.Tokenizer`` (no transformers import needed)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    sep_token = sep_token or DEFAULT_SEP
     vocab = builtin_vocab(sep_token)
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
     core.decoder = decoders.Fuse()  # concatenate, no spaces
     core.add_special_tokens([AddedToken(t, special=True, normalized=False)
                              for t in (PAD_TOKEN, UNK_TOKEN, MASK_TOKEN, sep_token)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN, mask_token=MASK_TOKEN,
-        sep_token=sep_token, clean_up_tokenization_spaces=False, model_max_length=1 << 62,
-        name_or_path=BUILTIN_NAME,
-    )
+    return core
+
+
+def _builtin_config(sep_token: str) -> dict[str, Any]:
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+            "model_max_length": 1 << 62, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN,
+            "mask_token": MASK_TOKEN, "sep_token": sep_token}
+
+
+def build_numeric_tokenizer(sep_token: str = DEFAULT_SEP):
+    """The built-in numeric tokenizer as a ``transformers`` fast tokenizer (not yet saved)."""
+    from transformers import PreTrainedTokenizerFast
+
+    sep_token = sep_token or DEFAULT_SEP
+    cfg = _builtin_config(sep_token)
+    cfg.pop("tokenizer_class")
+    return PreTrainedTokenizerFast(tokenizer_object=_builtin_core(sep_token), name_or_path=BUILTIN_NAME, **cfg)
+
+
+def save_builtin_tokenizer(directory: str | os.PathLike, sep_token: str = DEFAULT_SEP) -> None:
+    """Write the built-in tokenizer folder (``tokenizer.json`` + ``tokenizer_config.json``) without
+    importing transformers; ``AutoTokenizer.from_pretrained(directory)`` loads it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _builtin_core(sep_token or DEFAULT_SEP).save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(_builtin_config(sep_token or DEFAULT_SEP), indent=2, sort_keys=True) + "\n")
 
 
 def is_builtin_id(tokenizer_id: str | None) -> bool:
@@ -117,17 +137,40 @@ class LoadedTokenizer:
     """A tokenizer ready for preprocessing, with the effective separators and, for the built-in
     tokenizer, the alphabet that writes its token ids directly (no tokenizer call)."""
 
-    tokenizer: Any
     name: str
     time_sep: str  # what joins time steps in the text ("" = nothing)
     unk_text: str
+    sep_token: str
     added_tokens: list[str]
     alphabet: Alphabet | None  # token-id alphabet of the built-in tokenizer, else None
     notes: list[str]
+    _tokenizer: Any = None
 
     @property
     def builtin(self) -> bool:
         return self.alphabet is not None
+
+    @property
+    def tokenizer(self):
+        """The transformers tokenizer (built on first use for the built-in one)."""
+        if self._tokenizer is None:
+            self._tokenizer = build_numeric_tokenizer(self.sep_token)
+        return self._tokenizer
+
+    def save(self, directory: str | os.PathLike) -> None:
+        if self.builtin and self._tokenizer is None:
+            save_builtin_tokenizer(directory, self.sep_token)
+        else:
+            save_tokenizer(self.tokenizer, directory)
+
+    def vocab_size(self) -> int:
+        return len(builtin_vocab(self.sep_token)) if self.builtin else vocab_size(self.tokenizer)
+
+
+def _alphabet_of_vocab(sep_token: str) -> Alphabet:
+    expected = builtin_vocab(sep_token)
+    return token_alphabet({c: expected[c] for c in CHARACTERS}, pad=expected[PAD_TOKEN],
+                          sep=expected[sep_token], unk=expected[UNK_TOKEN])
 
 
 def _builtin_alphabet(tok, sep_token: str) -> Alphabet | None:
@@ -144,8 +187,7 @@ def _builtin_alphabet(tok, sep_token: str) -> Alphabet | None:
         [expected[c] for c in CHARACTERS[::-1]]
     if list(tok(probe, add_special_tokens=False)["input_ids"]) != want or tok.decode(want) != probe:
         return None
-    return token_alphabet({c: expected[c] for c in CHARACTERS}, pad=expected[PAD_TOKEN],
-                          sep=expected[sep_token], unk=expected[UNK_TOKEN])
+    return _alphabet_of_vocab(sep_token)
 
 
 def _load_folder(tokenizer_id: str):
@@ -166,8 +208,7 @@ def load_tokenizer(tokenizer_id: str | None = None, time_sep: str | None = DEFAU
     notes: list[str] = []
     if is_builtin_id(tokenizer_id):
         sep = time_sep or DEFAULT_SEP
-        tok = build_numeric_tokenizer(sep)
-        return LoadedTokenizer(tok, BUILTIN_NAME, time_sep or "", UNK_TOKEN, [], _builtin_alphabet(tok, sep), notes)
+        return LoadedTokenizer(BUILTIN_NAME, time_sep or "", UNK_TOKEN, sep, [], _alphabet_of_vocab(sep), notes)
 
     from msenc_lib import storage
 
@@ -207,7 +248,7 @@ def load_tokenizer(tokenizer_id: str | None = None, time_sep: str | None = DEFAU
     alphabet = _builtin_alphabet(tok, tok.sep_token) if effective_sep in (tok.sep_token, "") else None
     if alphabet is not None:
         name = BUILTIN_NAME
-    return LoadedTokenizer(tok, name, effective_sep, tok.unk_token, added, alphabet, notes)
+    return LoadedTokenizer(name, effective_sep, tok.unk_token, tok.sep_token, added, alphabet, notes, tok)
 
 
 def save_tokenizer(tok, directory: str | os.PathLike) -> None:
@@ -226,13 +267,20 @@ def save_tokenizer(tok, directory: str | os.PathLike) -> None:
 
 def tokenizer_info(loaded: LoadedTokenizer) -> dict[str, Any]:
     """What the manifest records about the tokenizer."""
-    tok = loaded.tokenizer
+    if loaded.builtin and loaded._tokenizer is None:
+        vocab = builtin_vocab(loaded.sep_token)
+        specials = {"pad": vocab[PAD_TOKEN], "mask": vocab[MASK_TOKEN], "unk": vocab[UNK_TOKEN],
+                    "sep": vocab[loaded.sep_token]}
+        digits = [vocab[d] for d in DIGITS]
+    else:
+        specials = special_token_ids(loaded.tokenizer).as_dict()
+        digits = digit_token_ids(loaded.tokenizer)
     return {
         "name": loaded.name,
         "builtin": loaded.builtin,
-        "vocab_size": vocab_size(tok),
-        "special_token_ids": special_token_ids(tok).as_dict(),
-        "digit_token_ids": digit_token_ids(tok),
+        "vocab_size": loaded.vocab_size(),
+        "special_token_ids": specials,
+        "digit_token_ids": digits,
         "time_sep": loaded.time_sep,
         "unk_token": loaded.unk_text,
         "added_tokens": loaded.added_tokens,
@@ -241,6 +289,7 @@ def tokenizer_info(loaded: LoadedTokenizer) -> dict[str, Any]:
 
 __all__ = [
     "BUILTIN_NAME", "DEFAULT_SEP", "PAD_TOKEN", "UNK_TOKEN", "MASK_TOKEN", "SpecialTokenIds", "LoadedTokenizer",
-    "build_numeric_tokenizer", "builtin_vocab", "load_tokenizer", "save_tokenizer", "special_token_ids",
+    "build_numeric_tokenizer", "builtin_vocab", "load_tokenizer", "save_tokenizer", "save_builtin_tokenizer",
+    "special_token_ids",
     "digit_token_ids", "vocab_size", "tokenizer_info", "is_builtin_id",
 ]

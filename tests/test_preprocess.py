@@ -379,3 +379,17 @@ def test_cli_original_options_and_error_exit(tmp_path, capsys):
     assert rc == 2
     assert "cycle_numer" in capsys.readouterr().err
     _assert_nothing_written(tmp_path / "bad")
+
+
+def test_empty_separators_and_a_glob_of_cell_files(tmp_path):
+    # The original's test setting: value_sep="" and time_sep="" join everything without separators.
+    d = tmp_path / "cells"
+    d.mkdir()
+    df = pd.read_csv(GOLDEN)
+    for cell, part in df.groupby("cell_key"):
+        part.to_csv(d / f"{cell}.csv", index=False)
+    _, out = run(tmp_path, input_path=str(d / "b1c*.csv"), value_sep="", time_sep="", smooth_charge_capacity=False)
+    perm = np.random.default_rng(24).permutation(6)
+    assert decoded(out)["b1c0"] == "".join(B1C0[i].replace(",", "") for i in perm)
+    seq = read_sequences(str(out)).to_pylist()[0]
+    assert 3 not in seq["input_ids"]  # no separator token at all
