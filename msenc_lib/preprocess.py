@@ -298,40 +298,40 @@ def _unencodable(column: str | None, example: str | None, cell: str, tokenizer: 
 
 
 def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of the formatted bytes and the offsets of each sequence in them.
+    """Token ids of the formatted codes and the offsets of each sequence in them.
 
-    ``seq_bounds``: byte offsets of the sequences in ``flat`` (len = n_sequences + 1)."""
-    from msenc_lib.textformat import to_text
-    from msenc_lib.textformat import SEP_BYTE
+    ``seq_bounds``: offsets of the sequences in ``flat`` (len = n_sequences + 1). A tokenizer other than
+    the built-in one gets the text in pieces of ~4k time steps cut at the time separator (its sep token, a
+    special token that tokenizers split on first), all pieces of all sequences in one batched call."""
+    from msenc_lib.textformat import SEP_BYTE, to_text
 
     if plan.builtin:
         return flat.astype(np.int32), seq_bounds.astype(np.int64)
     tok = _hf_tokenizer(plan.tokenizer_dir)
-    sep_id = tok.sep_token_id
-    all_ids: list[np.ndarray] = []
-    offsets = [0]
-    raw = flat.tobytes()
+    texts: list[str] = []
+    counts: list[int] = []
     for s, e in zip(seq_bounds[:-1].tolist(), seq_bounds[1:].tolist()):
         seq = flat[s:e]
+        bounds = [0, len(seq) + 1]
         if plan.time_sep:
-            cuts = np.flatnonzero(seq == SEP_BYTE)
-            pick = cuts[4095::4096]  # encode pieces of ~4k time steps, split at a separator token
-            bounds = [0, *(pick + 1).tolist(), len(seq)] if len(pick) else [0, len(seq)]
-            texts = [to_text(seq[a: (b - 1 if b < len(seq) else b)], plan.time_sep, plan.unk_text)
-                     for a, b in zip(bounds[:-1], bounds[1:])]
-        else:
-            texts = [to_text(raw[s:e], plan.time_sep, plan.unk_text)]
-        enc = tok(texts, add_special_tokens=False)["input_ids"]
-        parts = []
-        for i, ids in enumerate(enc):
-            if i:
-                parts.append(np.array([sep_id], np.int64))
-            parts.append(np.asarray(ids, np.int64))
-        seq_ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        all_ids.append(seq_ids)
-        offsets.append(offsets[-1] + len(seq_ids))
-    ids = np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64)
-    return ids.astype(np.int32), np.asarray(offsets, np.int64)
+            cuts = np.flatnonzero(seq == SEP_BYTE)[4095::4096]
+            bounds = [0, *(cuts + 1).tolist(), len(seq) + 1]
+        pieces = [to_text(seq[a: b - 1], plan.time_sep, plan.unk_text) for a, b in zip(bounds[:-1], bounds[1:])]
+        texts += pieces
+        counts.append(len(pieces))
+    encoded = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    sep = [tok.sep_token_id]
+    ids: list[int] = []
+    offsets = [0]
+    k = 0
+    for c in counts:
+        for j in range(c):
+            if j:
+                ids += sep
+            ids += encoded[k]
+            k += 1
+        offsets.append(len(ids))
+    return np.asarray(ids, dtype=np.int32), np.asarray(offsets, np.int64)
 
 
 def _csv_field(text: str) -> str:
@@ -756,8 +756,12 @@ e.g. (README):
   msenc preprocess --input-path "out/unified/*.csv" --output-dir /datasets/beep \\
       --column-id cell_key --time-sep "<|sep|>" --value-sep "," --column-time cycle_number,time \\
       --smooth-charge-capacity --time-cutoff 1 --is-training-shuffled
+Embedding mode: --is-training-shuffled false (or --no-is-training-shuffled); the shards' cycle_number column
+holds the value of the first --column-time column.
 Differences from the original: the tokenizer defaults to the built-in numeric one (no hub download); the
-embedding-mode shuffle is seeded; input may also be Parquet (e.g. 'msenc ingest' output) and s3://.
+permutations come from numpy (same rule, seed 24 by default, but not polars' random order) and the
+embedding-mode shuffle is seeded; rows with equal time keep their input order; input may also be Parquet
+(e.g. 'msenc ingest' output) and s3://; --workers processes cells in parallel.
 """
 
 

@@ -277,6 +277,8 @@ def test_local_hf_tokenizer_is_patched_like_the_original(tmp_path):
     # BPE merges digits: fewer tokens than characters.
     seq = read_sequences(str(out)).to_pylist()[0]
     assert seq["n_tokens"] < len(training_stream(B1C0, 24, 6))
+    _, emb = run(tmp_path, "emb", tokenizer_id=str(folder), smooth_charge_capacity=False, is_training_shuffled=False)
+    assert decoded(emb)[("b1c0", 0)] == embedding_streams("b1c0", B1C0, [0, 0, 0, 1, 1, 2], 24)[0]
 
 
 def test_tokenizer_sep_token_wins_over_time_sep(tmp_path):

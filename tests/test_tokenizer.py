@@ -95,3 +95,14 @@ def test_missing_special_token_is_named():
                                   unk_token="?")
     with pytest.raises(ConfigError, match=r"\['pad', 'mask', 'sep'\]"):
         special_token_ids(tok)
+
+
+def test_transformers_free_save_equals_save_pretrained(tmp_path, saved):
+    from msenc_lib.tokenizer import save_builtin_tokenizer
+
+    save_builtin_tokenizer(tmp_path / "plain")
+    plain = AutoTokenizer.from_pretrained(tmp_path / "plain")
+    assert plain.get_vocab() == saved.get_vocab() and len(plain) == len(saved)
+    text = _random_text(np.random.default_rng(5), 50)
+    assert plain(text)["input_ids"] == saved(text)["input_ids"]
+    assert special_token_ids(plain) == special_token_ids(saved)
