@@ -108,7 +108,7 @@ class PreprocessConfig(StageConfig):
     workers: int = Field(1, ge=1, description="processes working on cells in parallel (output is identical "
                          "for any number)")
     text: bool = Field(False, description="also write the original per-cell text CSVs to OUT/text/<cell>.csv")
-    shard_rows: int = Field(1_000_000, gt=0, description="about this many input rows (whole cells) per output "
+    shard_rows: int = Field(250_000, gt=0, description="about this many input rows (whole cells) per output "
                             "shard sequences/part-NNNNN.parquet")
     progress: bool = Field(True, description="progress bars on stderr")
 

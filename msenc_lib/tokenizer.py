@@ -91,25 +91,18 @@ def is_builtin_id(tokenizer_id: str | None) -> bool:
     return tokenizer_id is None or str(tokenizer_id).strip() in ("", BUILTIN_NAME)
 
 
-@dataclass(frozen=True)
-class SpecialTokenIds:
-    pad: int
-    mask: int
-    unk: int
-    sep: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {"pad": self.pad, "mask": self.mask, "unk": self.unk, "sep": self.sep}
+SPECIAL_KEYS = ("pad", "mask", "unk", "sep")
 
 
-def special_token_ids(tok) -> SpecialTokenIds:
-    """pad/mask/unk/sep ids of a (patched) tokenizer; a missing one is an error naming it."""
+def special_token_ids(tok) -> dict[str, int]:
+    """``{"pad": id, "mask": id, "unk": id, "sep": id}`` of a (patched) tokenizer; a missing one is an error
+    naming it."""
     ids = {"pad": tok.pad_token_id, "mask": tok.mask_token_id, "unk": tok.unk_token_id, "sep": tok.sep_token_id}
     missing = [k for k, v in ids.items() if v is None]
     if missing:
         raise ConfigError(f"tokenizer {getattr(tok, 'name_or_path', '?')!r} has no {missing} token(s); "
                           "use the tokenizer folder written by 'msenc preprocess' (it adds them)")
-    return SpecialTokenIds(**ids)
+    return {k: int(v) for k, v in ids.items()}
 
 
 def digit_token_ids(tok) -> list[int] | None:
@@ -273,7 +266,7 @@ def tokenizer_info(loaded: LoadedTokenizer) -> dict[str, Any]:
                     "sep": vocab[loaded.sep_token]}
         digits = [vocab[d] for d in DIGITS]
     else:
-        specials = special_token_ids(loaded.tokenizer).as_dict()
+        specials = special_token_ids(loaded.tokenizer)
         digits = digit_token_ids(loaded.tokenizer)
     return {
         "name": loaded.name,
@@ -288,7 +281,7 @@ def tokenizer_info(loaded: LoadedTokenizer) -> dict[str, Any]:
 
 
 __all__ = [
-    "BUILTIN_NAME", "DEFAULT_SEP", "PAD_TOKEN", "UNK_TOKEN", "MASK_TOKEN", "SpecialTokenIds", "LoadedTokenizer",
+    "BUILTIN_NAME", "DEFAULT_SEP", "PAD_TOKEN", "UNK_TOKEN", "MASK_TOKEN", "SPECIAL_KEYS", "LoadedTokenizer",
     "build_numeric_tokenizer", "builtin_vocab", "load_tokenizer", "save_tokenizer", "save_builtin_tokenizer",
     "special_token_ids",
     "digit_token_ids", "vocab_size", "tokenizer_info", "is_builtin_id",

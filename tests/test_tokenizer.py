@@ -38,8 +38,7 @@ def _random_text(rng: np.random.Generator, n_rows: int) -> str:
 
 def test_builtin_tokenizer_loads_through_autotokenizer_and_round_trips(saved):
     assert vocab_size(saved) == 23
-    ids = special_token_ids(saved)
-    assert (ids.pad, ids.unk, ids.mask, ids.sep) == (0, 1, 2, 3)
+    assert special_token_ids(saved) == {"pad": 0, "mask": 2, "unk": 1, "sep": 3}
     assert digit_token_ids(saved) == list(range(4, 14))
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -83,7 +82,7 @@ def test_patched_local_tokenizer_and_digit_ids(tmp_path):
     assert not lt.builtin
     assert lt.added_tokens == ["<|sep|>", "<|PAD|>", "<|MASK|>"]  # its own unk is kept
     ids = special_token_ids(lt.tokenizer)
-    assert ids.unk == 1 and len({ids.pad, ids.mask, ids.sep, ids.unk}) == 4
+    assert ids["unk"] == 1 and len(set(ids.values())) == 4 and set(ids) == {"pad", "mask", "unk", "sep"}
     assert digit_token_ids(lt.tokenizer) is None
 
 
