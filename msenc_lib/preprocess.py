@@ -5,7 +5,8 @@ Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-wo
 * rows with ``column_time[k] <= time_cutoff[k]`` are kept (all given cutoffs, AND; nulls fail);
 * ``--smooth-charge-capacity``: ``charge_capacity`` clipped to [0, 1.1], then per cell each row gets the
   maximum over itself and every later row (a running maximum from the end backwards);
-* rows are sorted by ``column_time`` (ascending, stable, nulls first);
+* rows are sorted by ``column_time`` (ascending, nulls first; rows with equal keys keep their input order,
+  which the original leaves open);
 * a time step = every column except ``column_id`` and ``exclude_features``, in table column order, floats
   as ``str(round(x, decimal_precision))``, integers as ``str(x)``, nulls as the unk token, joined by
   ``value_sep``; time steps joined by the time separator;
@@ -23,14 +24,16 @@ Output (``design.md`` §2)::
     OUT/tokenizer/                        AutoTokenizer.from_pretrained(OUT/tokenizer)
     OUT/preprocess_config.yaml, OUT/manifest.json, [OUT/text/<cell>.csv  (the original per-cell CSV)]
 
-How it scales: input files are scanned first (in parallel). A Parquet file holding one cell is read
-directly when its shard is processed; CSV files and multi-cell Parquet files are streamed in blocks and
-split per cell into temporary Arrow files (filtered by the cutoff), so one big multi-cell CSV needs memory
-for one block, not the file. Cells are then grouped, in ``cell_key`` order, into shards of about
+How it scales: input files are scanned first (in parallel, :mod:`msenc_lib.preprocess_input`). A Parquet
+file holding one cell (known from its footer statistics) is read directly when its shard is processed;
+CSV files and multi-cell Parquet files are streamed in blocks and split per cell into temporary Arrow
+files (filtered by the cutoff), so one big multi-cell CSV needs memory for one block, not the file (and
+local disk for its needed columns). Cells are then grouped, in ``cell_key`` order, into shards of about
 ``shard_rows`` input rows; each shard is one task for the ``--workers`` processes and holds one cell in
 memory at a time. Shard boundaries depend only on the data, so the output is identical for any number of
-workers. Text is made by :mod:`msenc_lib.textformat` (vectorised, exact) and, for the built-in tokenizer,
-mapped byte -> token id without a tokenizer call.
+workers. Text is made by :mod:`msenc_lib.textformat` (vectorised, exact); for the built-in tokenizer it is
+written directly as token ids, without a tokenizer call. s3:// inputs are downloaded to a temporary folder
+first; the output goes through ``storage.publish`` (nothing is left at the output URI on failure).
 """
 
 from __future__ import annotations
