@@ -24,6 +24,8 @@ from msenc_lib.errors import MsencError
 COMMAND_MODULES: list[str] = [
     "msenc_lib.data.synthetic",
     "msenc_lib.ingest",
+    "msenc_lib.preprocess",
+    "msenc_lib.split",
     "msenc_lib.embed",
     "msenc_lib.evaluate",
     "msenc_lib.launch",

@@ -1,0 +1,536 @@
+"""``msenc split``: cell-level train / validation / test split, in the original's ``split_cfg.json`` schema.
+
+Inputs (detected):
+
+* a preprocessed dataset (``sequences/`` shards + ``tokenizer/``): weights are tokens per cell;
+* an embeddings folder (``embeddings.parquet``, one row per cell and cycle): weights are rows per cell;
+* a folder of per-cell ``<cell>.csv`` files (the original's layout): weights are file sizes, as the original.
+
+A new split shuffles the cells with ``random.Random(seed)`` (the original's shuffle is unseeded) and fills
+train until its weight reaches ``ratio_train`` of the total, then validation until ``ratio_validation``,
+the rest is test (the original's greedy fill). ``--split-config FILE`` (the original's ``--config``) reuses
+a ``split_cfg.json`` exactly, also one written by the original; a cell it names that the data lacks is an
+error naming it; data cells it does not place are listed as a warning and left out. ``--preset severson``
+is the paper's primary-train / primary-test / secondary-test split of the 124 standard cells.
+
+Output::
+
+    OUT/split_cfg.json                    {"train": ["<cell>.csv", ...], "validation": [...], "test": [...]}
+    OUT/manifest.json                     counts, weights, warnings, source of the assignment
+    OUT/tokenizer/                        (preprocessed input) the dataset's tokenizer
+    OUT/<subset>/sequences/part-*.parquet (preprocessed input) same schema, rows of the subset's cells
+    OUT/<subset>/manifest.json
+    OUT/<subset>/embeddings.parquet       (embeddings input) [+ OUT/<subset>/csv/<cell>.csv]
+    OUT/<subset>/<cell>.csv               (CSV-folder input) [+ OUT/<subset>.csv merged, --merge-files]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from msenc_lib.config import StageConfig
+from msenc_lib.errors import ConfigError, InputDataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_CONFIG_NAME = "split_cfg.json"
+MANIFEST_NAME = "manifest.json"
+EMBEDDINGS_NAME = "embeddings.parquet"
+SUBSETS = ("train", "validation", "test")
+_SUBSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CELL_SUFFIXES = (".csv", ".parquet")
+
+
+# --------------------------------------------------------------------------------------- severson preset
+def severson_split() -> dict[str, list[str]]:
+    """The paper's split of the 124 cells (Severson et al. 2019; rdbraatz "Load Data.ipynb").
+
+    Cells in pickle order after the cleaning (batch 1 without b1c8/10/12/13/22, batch 2 without the
+    carry-over cells b2c7/8/9/15/16, batch 3 without the noisy b3c2/23/32/37/42/43): indices 0, 2, ..., 82
+    and 83 are the primary test set, 1, 3, ..., 81 the training set, 84..123 (batch 3) the secondary test.
+    """
+    b1 = [f"b1c{i}" for i in range(46) if i not in {8, 10, 12, 13, 22}]
+    b2 = [f"b2c{i}" for i in range(48) if i not in {7, 8, 9, 15, 16}]
+    b3 = [f"b3c{i}" for i in range(46) if i not in {2, 23, 32, 37, 42, 43}]
+    cells = b1 + b2 + b3
+    n12 = len(b1) + len(b2)
+    test = [*range(0, n12, 2), n12 - 1]
+    train = range(1, n12 - 1, 2)
+    secondary = range(n12, len(cells))
+    return {
+        "train": [f"{cells[i]}.csv" for i in train],
+        "validation": [],
+        "test": [f"{cells[i]}.csv" for i in test],
+        "secondary_test": [f"{cells[i]}.csv" for i in secondary],
+    }
+
+
+PRESETS = {"severson": severson_split}
+
+
+# --------------------------------------------------------------------------------------------- config
+class SplitConfig(StageConfig):
+    stage = "split"
+
+    ratio_train: float = Field(0.8, ge=0.0, le=1.0, description="share of the weight (tokens, rows or bytes) "
+                               "that goes to train")
+    ratio_validation: float = Field(0.05, ge=0.0, le=1.0, description="share for validation; test gets the rest")
+    seed: int = Field(0, description="seed of the cell shuffle of a new split")
+    preset: Literal["severson"] | None = Field(
+        None, description="'severson': the paper's split of the 124 standard cells: primary train -> train, "
+        "primary test -> test, secondary test -> the extra subset 'secondary_test'; validation stays empty. "
+        "Ratios and seed are not used")
+    merge_files: bool = Field(True, description="the original's option; for a folder of per-cell CSVs it also "
+                              "writes OUT/<subset>.csv with all of the subset's rows; token shards and "
+                              "embeddings.parquet are one table per subset already, so there it changes nothing")
+    progress: bool = Field(True, description="progress bar on stderr")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "SplitConfig":
+        if self.ratio_train + self.ratio_validation > 1.0 + 1e-12:
+            raise ValueError(f"ratio_train + ratio_validation = {self.ratio_train + self.ratio_validation} > 1")
+        return self
+
+
+class SubsetInfo(BaseModel):
+    n_cells: int
+    weight: int
+    n_rows: int
+
+
+class SplitResult(BaseModel):
+    output_uri: str
+    input_kind: str
+    weight_unit: str
+    assignment: str  # "generated" | "file:<uri>" | "preset:<name>"
+    subsets: dict[str, SubsetInfo]
+    unplaced_cells: list[str]
+    warnings: list[str]
+    split_config_uri: str
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------- input
+def _cell_of(name: str) -> str:
+    for suffix in _CELL_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def detect_input(input_uri: str) -> str:
+    """'sequences' | 'embeddings' | 'csv'."""
+    from msenc_lib import storage
+
+    uri = str(input_uri)
+    if storage.list_files(storage.join(uri, "sequences"), suffix=".parquet"):
+        return "sequences"
+    if uri.endswith(".parquet") and storage.basename(uri) == EMBEDDINGS_NAME and storage.exists(uri):
+        return "embeddings"
+    if storage.exists(storage.join(uri, EMBEDDINGS_NAME)):
+        return "embeddings"
+    if _csv_files(uri):
+        return "csv"
+    if not storage.exists(uri):
+        raise InputDataError(f"{uri}: nothing there")
+    raise InputDataError(f"{uri}: neither a preprocessed dataset (sequences/*.parquet), an embeddings folder "
+                         f"({EMBEDDINGS_NAME}) nor a folder of per-cell .csv files")
+
+
+def _csv_files(uri: str) -> dict[str, str]:
+    """cell -> URI of the ``*.csv`` files directly in ``uri`` (not in subfolders), like the original."""
+    from msenc_lib import storage
+
+    base = uri.rstrip("/") + "/"
+    out = {}
+    for f in storage.list_files(uri, suffix=".csv"):
+        rel = f[len(base):] if f.startswith(base) else storage.basename(f)
+        if "/" not in rel:
+            out[_cell_of(rel)] = f
+    return out
+
+
+def _read_parquet(uri: str, columns: list[str] | None = None):
+    import pyarrow.parquet as pq
+
+    from msenc_lib import storage
+
+    if storage.is_s3(uri):
+        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+    return pq.read_table(uri, columns=columns)
+
+
+def _embeddings_uri(input_uri: str) -> str:
+    from msenc_lib import storage
+
+    return input_uri if input_uri.endswith(".parquet") else storage.join(input_uri, EMBEDDINGS_NAME)
+
+
+def cell_weights(input_uri: str, kind: str) -> tuple[dict[str, int], dict[str, int], str]:
+    """(weight per cell, rows per cell, weight unit)."""
+    import pyarrow.compute as pc
+
+    from msenc_lib import storage
+
+    weights: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    if kind == "sequences":
+        for f in storage.list_files(storage.join(input_uri, "sequences"), suffix=".parquet"):
+            t = _read_parquet(f, ["cell_key", "n_tokens"])
+            if t.num_rows == 0:
+                continue
+            g = t.group_by("cell_key").aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
+            for k, w, n in zip(g["cell_key"].to_pylist(), g["n_tokens_sum"].to_pylist(),
+                               g["n_tokens_count"].to_pylist()):
+                weights[k] = weights.get(k, 0) + int(w)
+                rows[k] = rows.get(k, 0) + int(n)
+        return weights, rows, "tokens"
+    if kind == "embeddings":
+        t = _read_parquet(_embeddings_uri(input_uri), ["cell_key"])
+        counts = pc.value_counts(t.column("cell_key").combine_chunks())
+        for item in counts.to_pylist():
+            weights[str(item["values"])] = int(item["counts"])
+        return weights, dict(weights), "rows"
+    for cell, f in _csv_files(input_uri).items():
+        weights[cell] = int(storage.stat(f)["size"])
+        rows[cell] = 1
+    return weights, rows, "bytes"
+
+
+# ------------------------------------------------------------------------------------------ assignment
+def generate_split(weights: dict[str, int], ratio_train: float, ratio_validation: float,
+                   seed: int) -> dict[str, list[str]]:
+    """The original's greedy fill over a seeded shuffle of the cells (sorted first, so the result depends
+    only on the cells, their weights and the seed)."""
+    cells = sorted(weights)
+    random.Random(seed).shuffle(cells)
+    total = sum(weights.values())
+    train_target, val_target = total * ratio_train, total * ratio_validation
+    out: dict[str, list[str]] = {s: [] for s in SUBSETS}
+    cur_train = cur_val = 0
+    for cell in cells:
+        if cur_train < train_target:
+            out["train"].append(cell)
+            cur_train += weights[cell]
+        elif cur_val < val_target:
+            out["validation"].append(cell)
+            cur_val += weights[cell]
+        else:
+            out["test"].append(cell)
+    return out
+
+
+def parse_split_config(data: Any, source: str) -> dict[str, list[str]]:
+    """A ``split_cfg.json`` document -> subset -> cell keys (``.csv``/``.parquet`` suffixes dropped)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a split config must be a JSON object of subset -> list of file names")
+    if not any(s in data for s in SUBSETS):
+        raise ConfigError(f"{source}: none of the subsets {list(SUBSETS)} is in the split config "
+                          f"(keys: {list(data)})")
+    out: dict[str, list[str]] = {}
+    where: dict[str, str] = {}
+    for subset, names in data.items():
+        if not isinstance(subset, str) or not _SUBSET_NAME.match(subset):
+            raise ConfigError(f"{source}: subset name {subset!r} is not a plain name")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{source}: subset {subset!r} must be a list of file names")
+        cells = []
+        for name in names:
+            cell = _cell_of(name)
+            if cell in where:
+                raise ConfigError(f"{source}: cell {cell!r} is listed in both {where[cell]!r} and {subset!r}")
+            where[cell] = subset
+            cells.append(cell)
+        out[subset] = cells
+    for s in SUBSETS:
+        out.setdefault(s, [])
+    return out
+
+
+def config_document(assignment: dict[str, list[str]]) -> str:
+    """``split_cfg.json`` text in the original's form (indent 4, ``<cell>.csv`` names, subsets in order)."""
+    order = [*SUBSETS, *[s for s in assignment if s not in SUBSETS]]
+    return json.dumps({s: [f"{c}.csv" for c in assignment.get(s, [])] for s in order}, indent=4)
+
+
+def _check_against_data(assignment: dict[str, list[str]], weights: dict[str, int], source: str) -> list[str]:
+    placed = [c for cells in assignment.values() for c in cells]
+    missing = [c for c in placed if c not in weights]
+    if missing:
+        raise InputDataError(
+            f"{source} names {len(missing)} cell(s) the data does not have: {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''} (the data has {len(weights)} cells, e.g. "
+            f"{sorted(weights)[:5]})")
+    placed_set = set(placed)
+    return sorted(c for c in weights if c not in placed_set)
+
+
+# ------------------------------------------------------------------------------------------------ write
+def _write_sequences(input_uri: str, staging: Path, subset_of: dict[str, str], subsets: list[str],
+                     progress: bool) -> dict[str, dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from msenc_lib import storage
+    from msenc_lib.data.unified import progress_bar
+    from msenc_lib.preprocess import PARQUET_OPTIONS, SEQUENCES_DIR
+
+    files = storage.list_files(storage.join(input_uri, SEQUENCES_DIR), suffix=".parquet")
+    counters = {s: 0 for s in subsets}
+    stats: dict[str, dict[str, Any]] = {s: {"n_sequences": 0, "n_tokens": 0, "cells": []} for s in subsets}
+    schema = None
+    for s in subsets:
+        (staging / s / SEQUENCES_DIR).mkdir(parents=True)
+    for f in progress_bar(files, len(files), "splitting shards", progress, unit="shard"):
+        with storage.local_copy(f) as local:
+            pf = pq.ParquetFile(str(local))
+            schema = pf.schema_arrow
+            writers: dict[str, Any] = {}
+            try:
+                for rg in range(pf.num_row_groups):
+                    t = pf.read_row_group(rg)
+                    keys = t.column("cell_key")
+                    present = pc.unique(keys).to_pylist()
+                    for s in subsets:
+                        mine = [c for c in present if subset_of.get(c) == s]
+                        if not mine:
+                            continue
+                        part = t.filter(pc.is_in(keys, pa.array(mine, pa.string())))
+                        if s not in writers:
+                            path = staging / s / SEQUENCES_DIR / f"part-{counters[s]:05d}.parquet"
+                            counters[s] += 1
+                            writers[s] = pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS)
+                        writers[s].write_table(part, row_group_size=max(1, part.num_rows))
+                        stats[s]["n_sequences"] += part.num_rows
+                        stats[s]["n_tokens"] += int(pc.sum(part.column("n_tokens")).as_py() or 0)
+                        stats[s]["cells"] += [c for c in mine if c not in stats[s]["cells"][-len(mine):]]
+            finally:
+                for w in writers.values():
+                    w.close()
+    for s in subsets:  # an empty subset still gets a (0-row) shard, so readers find the schema
+        if counters[s] == 0 and schema is not None:
+            pq.write_table(schema.empty_table(), str(staging / s / SEQUENCES_DIR / "part-00000.parquet"),
+                           **PARQUET_OPTIONS)
+    return stats
+
+
+def _write_embeddings(input_uri: str, staging: Path, subset_of: dict[str, str],
+                      subsets: list[str]) -> dict[str, dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = _read_parquet(_embeddings_uri(input_uri))
+    keys = table.column("cell_key")
+    stats: dict[str, dict[str, Any]] = {}
+    for s in subsets:
+        mine = sorted(c for c, sub in subset_of.items() if sub == s)
+        part = table.filter(pc.is_in(keys, pa.array(mine, pa.string())))
+        (staging / s).mkdir(parents=True)
+        pq.write_table(part.replace_schema_metadata(table.schema.metadata), str(staging / s / EMBEDDINGS_NAME),
+                       compression="zstd")
+        stats[s] = {"n_rows": part.num_rows, "cells": mine}
+    return stats
+
+
+def _copy_cell_csvs(files: dict[str, str], staging: Path, subset_of: dict[str, str], subsets: list[str],
+                    sub_dir: str, merge: bool) -> None:
+    """Copy per-cell CSVs into OUT/<subset>/<sub_dir>/; with ``merge`` also OUT/<subset>.csv (one header)."""
+    from msenc_lib import storage
+
+    for s in subsets:
+        target = staging / s / sub_dir if sub_dir else staging / s
+        target.mkdir(parents=True, exist_ok=True)
+        cells = [c for c in sorted(files) if subset_of.get(c) == s]
+        merged = open(staging / f"{s}.csv", "wb") if merge else None
+        header: bytes | None = None
+        try:
+            for cell in cells:
+                data = storage.read_bytes(files[cell])
+                (target / storage.basename(files[cell])).write_bytes(data)
+                if merged is None:
+                    continue
+                first, _, body = data.partition(b"\n")
+                if header is None:
+                    header = first
+                    merged.write(first + b"\n")
+                elif first != header:
+                    raise InputDataError(f"{files[cell]}: header differs from the other CSVs of subset {s!r}; "
+                                         "cannot merge (pass --merge-files false)")
+                if body:
+                    merged.write(body if body.endswith(b"\n") else body + b"\n")
+        finally:
+            if merged is not None:
+                merged.close()
+
+
+def run_split(config: SplitConfig, input_uri: str, output_uri: str, split_config_uri: str | None = None,
+              overwrite: bool = False) -> SplitResult:
+    """Split the cells of ``input_uri`` (see the module doc) into ``output_uri``."""
+    from msenc_lib import __version__, storage
+
+    start = time.perf_counter()
+    input_uri = str(input_uri).rstrip("/") if not str(input_uri).endswith(".parquet") else str(input_uri)
+    kind = detect_input(input_uri)
+    weights, rows, unit = cell_weights(input_uri, kind)
+    if not weights:
+        raise InputDataError(f"{input_uri}: no cells found")
+    warnings: list[str] = []
+    if config.preset and split_config_uri:
+        raise ConfigError("give either --preset or --split-config/--config, not both")
+    if config.preset:
+        source = f"preset {config.preset}"
+        assignment = parse_split_config(PRESETS[config.preset](), source)
+        how = f"preset:{config.preset}"
+    elif split_config_uri:
+        source = f"split config {split_config_uri}"
+        try:
+            text = storage.read_text(str(split_config_uri))
+        except FileNotFoundError:
+            raise ConfigError(f"split config not found: {split_config_uri}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{split_config_uri}: not valid JSON: {e}") from None
+        assignment = parse_split_config(data, str(split_config_uri))
+        how = f"file:{split_config_uri}"
+    else:
+        source = "generated split"
+        assignment = generate_split(weights, config.ratio_train, config.ratio_validation, config.seed)
+        how = "generated"
+    unplaced = _check_against_data(assignment, weights, source)
+    if unplaced:
+        warnings.append(f"{len(unplaced)} cell(s) of the data are not placed by the {source} and are left out: "
+                        f"{unplaced[:20]}{' ...' if len(unplaced) > 20 else ''}")
+    subsets = list(assignment)
+    subset_of = {c: s for s, cells in assignment.items() for c in cells}
+    if kind != "csv" and "merge_files" in config.model_fields_set:
+        warnings.append(f"--merge-files only applies to a folder of per-cell CSVs; the {kind} input is written as "
+                        "one table per subset anyway (option ignored)")
+
+    with storage.publish(str(output_uri), overwrite=overwrite) as staging:
+        (staging / SPLIT_CONFIG_NAME).write_text(config_document(assignment))
+        details: dict[str, dict[str, Any]] = {}
+        if kind == "sequences":
+            details = _write_sequences(input_uri, staging, subset_of, subsets, config.progress)
+            tok = storage.join(input_uri, "tokenizer")
+            if storage.exists(tok):
+                with storage.local_copy(tok) as local:
+                    shutil.copytree(local, staging / "tokenizer")
+            source_manifest = _maybe_json(storage.join(input_uri, MANIFEST_NAME))
+            for s in subsets:
+                sub = {"format": "msenc-preprocessed", "format_version": 1, "subset": s,
+                       "mode": (source_manifest or {}).get("mode"), "tokenizer": "../tokenizer",
+                       "n_cells": len(details[s]["cells"]), "n_sequences": details[s]["n_sequences"],
+                       "n_tokens": details[s]["n_tokens"], "cells": details[s]["cells"]}
+                (staging / s / MANIFEST_NAME).write_text(json.dumps(sub, indent=1) + "\n")
+        elif kind == "embeddings":
+            details = _write_embeddings(input_uri, staging, subset_of, subsets)
+            csv_dir = storage.join(input_uri, "csv") if not input_uri.endswith(".parquet") else None
+            csv_files = _csv_files(csv_dir) if csv_dir and storage.exists(csv_dir) else {}
+            if csv_files:
+                _copy_cell_csvs(csv_files, staging, subset_of, subsets, "csv", merge=False)
+        else:
+            _copy_cell_csvs(_csv_files(input_uri), staging, subset_of, subsets, "", merge=config.merge_files)
+        infos = {s: SubsetInfo(n_cells=len(assignment[s]), weight=sum(weights[c] for c in assignment[s]),
+                               n_rows=sum(rows[c] for c in assignment[s])) for s in subsets}
+        manifest = {
+            "format": "msenc-split",
+            "format_version": 1,
+            "created_by": f"msenc {__version__} split",
+            "input_uri": input_uri,
+            "input_kind": kind,
+            "weight_unit": unit,
+            "assignment": how,
+            "seed": config.seed if how == "generated" else None,
+            "ratios": {"train": config.ratio_train, "validation": config.ratio_validation} if how == "generated"
+            else None,
+            "subsets": {s: {**infos[s].model_dump(), "cells": assignment[s]} for s in subsets},
+            "unplaced_cells": unplaced,
+            "warnings": warnings,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    for w in warnings:
+        log.warning(w)
+    return SplitResult(output_uri=str(output_uri), input_kind=kind, weight_unit=unit, assignment=how,
+                       subsets=infos, unplaced_cells=unplaced, warnings=warnings,
+                       split_config_uri=storage.join(str(output_uri), SPLIT_CONFIG_NAME),
+                       seconds=round(time.perf_counter() - start, 3))
+
+
+def _maybe_json(uri: str) -> dict[str, Any] | None:
+    from msenc_lib import storage
+
+    try:
+        return json.loads(storage.read_text(uri))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_split_config(uri: str) -> dict[str, list[str]]:
+    """A ``split_cfg.json`` (ours or the original's) as subset -> cell keys."""
+    from msenc_lib import storage
+
+    return parse_split_config(json.loads(storage.read_text(str(uri))), str(uri))
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+_DESCRIPTION = """\
+Split the cells of a preprocessed dataset (token-weighted), an embeddings folder (row-weighted) or a folder
+of per-cell CSV files (byte-weighted, as the original) into train / validation / test, and write
+OUT/split_cfg.json in the original's schema ({"train": ["<cell>.csv", ...], "validation": [...],
+"test": [...]}) with the subsets beside it. The original's command works as is:
+  msenc split --input-dir /datasets/beep --output-dir /dataset/beep-split/ [--ratio-train 0.8 --ratio-validation 0.05]
+  msenc split --input-dir embeddings/ --output-dir emb-split/ --config /dataset/beep-split/split_cfg.json
+Here --config (= --split-config) names a split_cfg.json to REUSE exactly (the original ignored it); the
+document with this command's own options is --stage-config. New splits are seeded (--seed).
+--preset severson: Severson et al.'s primary train -> "train", primary test -> "test", secondary test ->
+the extra key "secondary_test" (subset folder secondary_test/); "validation" is empty.
+"""
+
+
+def register(subparsers) -> None:
+    from msenc_lib.cli import add_config_options, add_overwrite_option
+
+    p = subparsers.add_parser("split", help="cell-level train/validation/test split (split_cfg.json)",
+                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              conflict_handler="resolve")
+    p.add_argument("--input-dir", "--input", dest="input_dir", required=True, metavar="DIR",
+                   help="preprocessed dataset, embeddings folder or folder of per-cell CSVs (local or s3://)")
+    p.add_argument("--output-dir", "--output", "--ouput-dir", dest="output_dir", required=True, metavar="DIR",
+                   help="output folder (local or s3://); --ouput-dir is the original README's spelling")
+    add_overwrite_option(p)
+    add_config_options(p, SplitConfig)
+    # The original's --config is the split file to reuse; it replaces the generic config-document option.
+    p.add_argument("--split-config", "--config", dest="split_config", metavar="FILE", default=None,
+                   help="split_cfg.json to reuse exactly (ours or the original's; local or s3://)")
+    p.add_argument("--stage-config", dest="stage_config", metavar="FILE", default=None,
+                   help="YAML/JSON document with this command's options (ratio_train, seed, preset, ...); "
+                   "flags override it")
+    for group in p._action_groups:  # the generated group title points at --config, which is taken here
+        if group.title and "--config" in group.title:
+            group.title = group.title.replace("--config", "--stage-config")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> SplitResult:
+    given = {name: getattr(args, name) for name in SplitConfig.model_fields if hasattr(args, name)}
+    config = SplitConfig.load(args.stage_config, overrides=given)
+    return run_split(config, args.input_dir, args.output_dir, split_config_uri=args.split_config,
+                     overwrite=args.overwrite)
+
+
+__all__ = ["SplitConfig", "SplitResult", "SubsetInfo", "run_split", "generate_split", "parse_split_config",
+           "config_document", "severson_split", "read_split_config", "detect_input", "cell_weights"]
