@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "msenc_lib.embed",
     "msenc_lib.evaluate",
     "msenc_lib.launch",
+    "msenc_pipelines.cli",
 ]
 
 _TRUE = {"1", "true", "yes", "y", "on"}

@@ -326,6 +326,17 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
         yield download(uri, Path(tmp) / (basename(uri) or "data"))
 
 
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> list[str]:
+    """Copy a file or folder/prefix to the folder/prefix ``dst`` (any mix of local and s3://), atomically
+    like every output. Returns the copied files' paths relative to ``dst``."""
+    with local_copy(src) as here, publish(dst, overwrite=overwrite) as staging:
+        if here.is_dir():
+            shutil.copytree(here, staging, dirs_exist_ok=True)
+        else:
+            shutil.copy2(here, staging / here.name)
+        return sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+
+
 def _is_nonempty_output(uri: str) -> bool:
     if is_s3(uri):
         return bool(_s3_dir_keys(uri)[2])

@@ -1,0 +1,59 @@
+"""Copy a run's results to a stable place in object storage, and find the newest model there again.
+
+``<export_uri>/<run>/<name>/`` per exported artifact (model, embeddings, evaluation, ...), then
+``<export_uri>/LATEST`` (one line: the run's name) is replaced. A scheduled retraining passes the same
+``init_model_uri=<export_uri>`` every time and so always warm-starts from the newest exported model.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+
+from msenc_lib import storage
+from msenc_lib.errors import InputDataError
+
+LATEST_FILE = "LATEST"
+MODEL_NAME = "model"
+
+
+class ExportResult(BaseModel):
+    export_uri: str
+    run_uri: str
+    exported: dict[str, str]  # artifact name -> its URI under the run
+    latest_uri: str | None
+    seconds: float
+
+
+def run_export(artifacts: dict[str, str], export_uri: str, run_name: str, update_latest: bool = True,
+               overwrite: bool = False) -> ExportResult:
+    """Copy each ``name -> uri`` of ``artifacts`` to ``<export_uri>/<run_name>/<name>``; then move LATEST."""
+    if not run_name or "/" in run_name:
+        raise InputDataError(f"run name must be a non-empty folder name, got {run_name!r}")
+    start = time.perf_counter()
+    run_uri = storage.join(export_uri, run_name)
+    exported = {}
+    for name, src in artifacts.items():
+        exported[name] = storage.join(run_uri, name)
+        storage.copy_tree(src, exported[name], overwrite=overwrite)
+    latest = None
+    if update_latest:
+        latest = storage.join(export_uri, LATEST_FILE)
+        storage.write_text(latest, run_name + "\n")
+    return ExportResult(export_uri=str(export_uri), run_uri=run_uri, exported=exported, latest_uri=latest,
+                        seconds=round(time.perf_counter() - start, 3))
+
+
+def resolve_model_uri(uri: str) -> str:
+    """A model folder as is; an export location (holding LATEST) -> its newest run's model folder."""
+    if storage.exists(storage.join(uri, "config.json")):
+        return uri
+    pointer = storage.join(uri, LATEST_FILE)
+    if storage.exists(pointer):
+        run = storage.read_text(pointer).strip()
+        model = storage.join(uri, run, MODEL_NAME)
+        if not storage.exists(storage.join(model, "config.json")):
+            raise InputDataError(f"{pointer} names run {run!r}, but {model} holds no saved model (config.json)")
+        return model
+    raise InputDataError(f"{uri}: neither a saved model (config.json) nor an export location ({LATEST_FILE})")
