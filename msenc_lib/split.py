@@ -49,7 +49,7 @@ MANIFEST_NAME = "manifest.json"
 EMBEDDINGS_NAME = "embeddings.parquet"
 SUBSETS = ("train", "validation", "test")
 _SUBSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CELL_SUFFIXES = (".csv", ".parquet")
+_CELL_SUFFIXES = (".csv", ".parquet", ".txt")
 
 
 # --------------------------------------------------------------------------------------- severson preset
@@ -122,11 +122,13 @@ class SplitResult(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------- input
-def _cell_of(name: str) -> str:
+def cell_key_of(name: str) -> str:
+    """``b1c0.csv`` -> ``b1c0``: split configs list per-cell file names; bare keys are accepted too."""
+    base = str(name).rsplit("/", 1)[-1]
     for suffix in _CELL_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def detect_input(input_uri: str) -> str:
@@ -157,7 +159,7 @@ def _csv_files(uri: str) -> dict[str, str]:
     for f in storage.list_files(uri, suffix=".csv"):
         rel = f[len(base):] if f.startswith(base) else storage.basename(f)
         if "/" not in rel:
-            out[_cell_of(rel)] = f
+            out[cell_key_of(rel)] = f
     return out
 
 
@@ -247,7 +249,7 @@ def parse_split_config(data: Any, source: str) -> dict[str, list[str]]:
             raise ConfigError(f"{source}: subset {subset!r} must be a list of file names")
         cells = []
         for name in names:
-            cell = _cell_of(name)
+            cell = cell_key_of(name)
             if cell in where:
                 raise ConfigError(f"{source}: cell {cell!r} is listed in both {where[cell]!r} and {subset!r}")
             where[cell] = subset
@@ -533,4 +535,4 @@ def _main(args: argparse.Namespace) -> SplitResult:
 
 
 __all__ = ["SplitConfig", "SplitResult", "SubsetInfo", "run_split", "generate_split", "parse_split_config",
-           "config_document", "severson_split", "read_split_config", "detect_input", "cell_weights"]
+           "config_document", "severson_split", "read_split_config", "cell_key_of", "detect_input", "cell_weights"]

@@ -16,13 +16,12 @@ import pandas as pd
 
 from msenc_lib import storage
 from msenc_lib.data.schema import IR_COLUMN
-from msenc_lib.errors import InputDataError
+from msenc_lib.errors import ConfigError, InputDataError
 
 SPLIT_FILE = "split_cfg.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 VAL_PREFIX = "val_"
 _VAL_RX = re.compile(r"^val_(\d+)$")
-_CELL_SUFFIXES = (".csv", ".parquet", ".txt")
 # Unified columns the Severson features read (msenc_lib.data.features); IR is optional.
 SEVERSON_COLUMNS = ["cell_key", "cycle_number", "time", "current", "voltage", "discharge_capacity", "temperature"]
 
@@ -43,17 +42,10 @@ class Split:
         return {c: name for name, cells in self.subsets.items() for c in cells}
 
 
-def cell_key_of(name: str) -> str:
-    """``b1c0.csv`` -> ``b1c0`` (split configs list per-cell file names; bare keys are accepted too)."""
-    base = str(name).rsplit("/", 1)[-1]
-    for suffix in _CELL_SUFFIXES:
-        if base.endswith(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
 def read_split(uri: str) -> Split:
-    """A ``split_cfg.json`` file, or a split directory holding one."""
+    """A ``split_cfg.json`` file, or a split directory holding one (parsed as ``msenc split`` does)."""
+    from msenc_lib.split import SUBSETS, parse_split_config
+
     uri = str(uri)
     path = uri if uri.endswith(".json") or not storage.is_dir(uri) else storage.join(uri, SPLIT_FILE)
     try:
@@ -62,30 +54,16 @@ def read_split(uri: str) -> Split:
         raise InputDataError(f"split config not found: {path}") from None
     except json.JSONDecodeError as e:
         raise InputDataError(f"split config {path}: not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InputDataError(f"split config {path}: expected an object of subset -> list of cell files")
+    try:
+        parsed = parse_split_config(doc, f"split config {path}")
+    except ConfigError as e:
+        raise InputDataError(str(e)) from None
     if "train" not in doc:
         raise InputDataError(f"split config {path}: no 'train' subset (keys: {sorted(doc)})")
-    order = [k for k in ("train", "validation", "test") if k in doc] + [
-        k for k in doc if k not in ("train", "validation", "test")]
-    subsets: dict[str, list[str]] = {}
-    owner: dict[str, str] = {}
-    for name in order:
-        entries = doc[name]
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise InputDataError(f"split config {path}: subset '{name}' must be a list of cell file names")
-        keys = []
-        for e in entries:
-            key = cell_key_of(e)
-            if key in owner:
-                raise InputDataError(f"split config {path}: cell '{key}' is listed in both '{owner[key]}' and "
-                                     f"'{name}'")
-            owner[key] = name
-            keys.append(key)
-        subsets[name] = keys
-    if not subsets["train"]:
+    if not parsed["train"]:
         raise InputDataError(f"split config {path}: the 'train' subset is empty")
-    return Split(subsets=subsets, source=path)
+    order = [k for k in SUBSETS if k in doc] + [k for k in doc if k not in SUBSETS]
+    return Split(subsets={name: parsed[name] for name in order}, source=path)
 
 
 # -------------------------------------------------------------------------------------------- embeddings
