@@ -52,7 +52,7 @@ def prepare(root: Path, size: str, preset: str, n_cells: int | None, last_cycle:
     torch.manual_seed(seed)
     model = MultiscaleEncoderModel(config)
     model.save_pretrained(root / "model")
-    return {"size": size, "n_cells": n_cells, "last_cycle": last_cycle, "preset": preset,
+    return {"size": size, "n_cells": generated.n_cells, "n_cycles": generated.n_cycles, "preset": preset,
             "seq_lens": config.seq_lens, "context_tokens": config.max_context, "vocab_size": config.vocab_size,
             "params": model.num_parameters(), "unified_rows": generated.n_rows,
             "sequences": preprocessed.n_sequences, "setup_s": round(time.perf_counter() - t0, 2)}
