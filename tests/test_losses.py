@@ -62,3 +62,63 @@ def test_gradient_moves_towards_the_label():
 def test_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kind"):
         number_token_loss(torch.randn(1, V), torch.tensor([DIGITS[0]]), DIGITS, "l1")
+
+
+# ------------------------------------------------------------------ chunked cross-entropy through the LM head
+def _reference_losses(hidden, weight, bias, targets, kind):
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    ce = torch.nn.functional.cross_entropy(logits.float(), targets)
+    return ce, number_token_loss(logits, targets, DIGITS, kind)
+
+
+@pytest.mark.parametrize("kind, with_bias, chunk_elements", [("mse", True, 4 * 97), ("was", False, 5 * 97),
+                                                              ("mse", True, 1 << 22)])
+def test_chunked_losses_equal_plain_cross_entropy_and_ntl(kind, with_bias, chunk_elements):
+    """Values and gradients of hidden, weight and bias match the full-logits computation, whether the 61 rows
+    run in chunks of 4 or 5 (a ragged last chunk) or in one."""
+    from msenc_lib.model.losses import masked_lm_losses
+
+    vocab, dim, n = 97, 12, 61
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, dim, generator=g)
+    weight = torch.randn(vocab, dim, generator=g)
+    bias = torch.randn(vocab, generator=g) if with_bias else None
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    targets[::3] = torch.tensor(DIGITS)[torch.randint(0, 10, (len(targets[::3]),), generator=g)]  # many digits
+
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    grads = []
+    for compute in (lambda h, w, b: masked_lm_losses(h, w, b, targets, DIGITS, kind, chunk_elements=chunk_elements),
+                    lambda h, w, b: _reference_losses(h, w, b, targets, kind)):
+        params = [t.clone().requires_grad_(True) for t in leaves]
+        h, w, b = params[0], params[1], (params[2] if with_bias else None)
+        ce, ntl = compute(h, w, b)
+        (0.7 * ce + 0.3 * ntl).backward()
+        grads.append((ce.detach(), ntl.detach(), [p.grad for p in params]))
+    (ce, ntl, got), (ref_ce, ref_ntl, want) = grads
+    assert ntl > 0 and torch.allclose(ce, ref_ce, atol=1e-5) and torch.allclose(ntl, ref_ntl, atol=1e-5)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_chunked_losses_without_grad_and_without_rows():
+    from msenc_lib.model.losses import masked_lm_losses
+
+    weight = torch.randn(30, 8, requires_grad=True)
+    hidden = torch.randn(7, 8)
+    targets = torch.tensor(DIGITS[:7])
+    with torch.no_grad():
+        ce, ntl = masked_lm_losses(hidden, weight, None, targets, DIGITS, chunk_elements=60)
+    ref_ce, ref_ntl = _reference_losses(hidden, weight.detach(), None, targets, "mse")
+    assert torch.allclose(ce, ref_ce, atol=1e-5) and torch.allclose(ntl, ref_ntl, atol=1e-5)
+    ce, ntl = masked_lm_losses(hidden[:0], weight, None, targets[:0], DIGITS)
+    (ce + ntl).backward()  # zero, graph kept
+    assert ce.item() == 0.0 and ntl.item() == 0.0 and weight.grad.abs().sum() == 0
+    assert masked_lm_losses(hidden, weight, None, targets, None)[1] is None
+
+
+def test_chunked_losses_reject_out_of_vocabulary_labels():
+    from msenc_lib.model.losses import masked_lm_losses
+
+    with pytest.raises(ValueError, match="labels"):
+        masked_lm_losses(torch.randn(2, 4), torch.randn(10, 4), None, torch.tensor([3, 10]))

@@ -139,6 +139,34 @@ def test_masked_lm_loss_parts_and_positions():
     assert mlm.encoder.embed_tokens.weight.grad is not None
 
 
+def test_masked_lm_chunked_head_matches_full_logits_reference():
+    """A tiny chunk (3 rows of the 24-token vocabulary per chunk) gives the loss and every parameter's gradient
+    of plain cross-entropy + number-token loss on the full logits."""
+    import torch.nn.functional as F
+
+    from msenc_lib.model.losses import number_token_loss
+
+    torch.manual_seed(0)
+    chunked = MultiscaleEncoderForMaskedLM(tiny_config())
+    chunked.loss_chunk_elements = 3 * VOCAB
+    reference = MultiscaleEncoderForMaskedLM(tiny_config())
+    reference.load_state_dict(chunked.state_dict())
+    ids = random_ids(2, 200)
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.15, ids, -100)
+    out = chunked(ids, labels=labels)
+    out.loss.backward()
+
+    logits = reference(ids, return_logits=True).logits
+    picked = labels != -100
+    ce = F.cross_entropy(logits[picked].float(), labels[picked])
+    ntl = number_token_loss(logits[picked], labels[picked], DIGITS)
+    (0.7 * ce + 0.3 * ntl).backward()
+    assert torch.allclose(out.ce_loss, ce, atol=1e-5) and torch.allclose(out.ntl_loss, ntl, atol=1e-5)
+    assert out.ntl_loss > 0
+    for (name, pa), pb in zip(chunked.named_parameters(), reference.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5), name
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     a = MultiscaleEncoderForMaskedLM(tiny_config())

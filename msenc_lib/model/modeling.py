@@ -18,7 +18,7 @@ Differences from the original (mblm 0.4.0 ``MBLMEncoder``), on purpose:
   position never changes a real one;
 - ``scaled_dot_product_attention`` (flash kernels on CPU and GPU, no materialised attention matrices);
 - one token-embedding table shared by all stages;
-- the masked-LM head runs only on the labelled positions (no (B, L, V) logits during training).
+- the masked-LM head runs only on the labelled positions, in chunks (no (B, L, V) logits during training).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from msenc_lib.model.configuration import MultiscaleEncoderConfig
-from msenc_lib.model.losses import number_token_loss
+from msenc_lib.model.losses import DEFAULT_CHUNK_ELEMENTS, IGNORE_INDEX, masked_lm_losses
 
 try:  # transformers >= 5: initialisers that leave loaded weights alone
     from transformers import initialization as init
@@ -266,7 +266,13 @@ class MultiscaleMaskedLMOutput(ModelOutput):
 
 
 class MultiscaleEncoderForMaskedLM(MultiscaleEncoderPreTrainedModel):
-    """Encoder + LM head; masked-LM + number-token loss over the labelled positions (labels -100 elsewhere)."""
+    """Encoder + LM head; masked-LM + number-token loss over the labelled positions (labels -100 elsewhere).
+
+    The loss never builds the (positions, vocabulary) logits at once: the head runs over the labelled rows
+    in chunks of at most ``loss_chunk_elements`` logits (see :func:`~msenc_lib.model.losses.masked_lm_losses`).
+    """
+
+    loss_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
 
     def __init__(self, config: MultiscaleEncoderConfig):
         super().__init__(config)
@@ -287,15 +293,13 @@ class MultiscaleEncoderForMaskedLM(MultiscaleEncoderPreTrainedModel):
         logits = self.lm_head(hidden) if (labels is None or return_logits) else None
         if labels is None:
             return MultiscaleMaskedLMOutput(logits=logits, last_hidden_state=hidden)
-        picked = labels != -100
-        targets = labels[picked]
-        picked_logits = self.lm_head(hidden[picked]) if logits is None else logits[picked]
         cfg = self.config
-        ce = (F.cross_entropy(picked_logits.float(), targets) if targets.numel()
-              else picked_logits.sum() * 0.0)
-        if cfg.ntl_weight and cfg.digit_token_ids is not None:
-            ntl = number_token_loss(picked_logits, targets, cfg.digit_token_ids, kind=cfg.ntl_type)
-        else:
+        picked = labels != IGNORE_INDEX
+        use_ntl = bool(cfg.ntl_weight) and cfg.digit_token_ids is not None
+        ce, ntl = masked_lm_losses(hidden[picked], self.lm_head.weight, self.lm_head.bias, labels[picked],
+                                   digit_token_ids=cfg.digit_token_ids if use_ntl else None,
+                                   ntl_kind=cfg.ntl_type, chunk_elements=self.loss_chunk_elements)
+        if ntl is None:
             ntl = ce.new_zeros(())
         loss = cfg.ce_weight * ce + cfg.ntl_weight * ntl
         return MultiscaleMaskedLMOutput(loss=loss, ce_loss=ce.detach(), ntl_loss=ntl.detach(), logits=logits,
