@@ -360,3 +360,26 @@ def test_resume_without_checkpoint_and_existing_output(split_dir, tmp_path):
     assert (out / "model.safetensors").read_bytes() == before  # nothing lost
     again = run_train(cfg(max_steps=2, overwrite=True, seed=9), str(split_dir), str(out))
     assert again.completed and (out / "model.safetensors").read_bytes() != before
+
+
+# ---------------------------------------------------------------------------------- early stopping
+def test_early_stopping_after_patience_evaluations_keeps_the_best_model(split_dir, tmp_path):
+    # a learning rate too small to improve anything: the eval loss stalls, so patience 2 ends the run early
+    out = tmp_path / "m"
+    result = run_train(cfg(max_steps=60, eval_every=1, early_stopping_patience=2, learning_rate=1e-9,
+                           warmup_ratio=0, save_every=5), str(split_dir), str(out))
+    evals = [r for r in metric_rows(str(out)) if "eval_loss" in r]
+    assert result.stopped_early and result.completed and result.steps < 60
+    assert [r["step"] for r in evals] == list(range(1, result.steps + 1))
+    losses = [r["eval_loss"] for r in evals]
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    assert result.best_step == evals[best]["step"] and result.best_eval_loss == losses[best]
+    assert len(losses) - 1 - best == 2  # stopped at the 2nd evaluation without a better loss
+    # the saved model holds the best weights (kept in the final checkpoint too), not the last ones
+    from msenc_lib.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    state, best_state = load_checkpoint(latest_checkpoint(str(out)))
+    assert state["step"] == result.steps and best_state["step"] == result.best_step
+    saved = load_file(out / "model.safetensors")
+    assert all(torch.equal(saved[k], best_state["model"][k]) for k in saved)
+    assert any(not torch.equal(saved[k], state["model"][k]) for k in saved)
