@@ -95,7 +95,7 @@ def test_windows_start_at_time_step_boundaries_deterministically(split_dir):
         for ci, start in plan:
             ids = cells[ci].ids
             assert start == 0 or ids[start - 1] == sep, "a window starts inside a time step"
-            assert start + ctx <= len(ids) + ctx and start < len(ids)
+            assert 0 <= start < len(ids)
         assert sorted(plan) != plan  # shuffled
     # the seed decides the plan and the masking; the same seed gives the same samples
     again = WindowDataset(cells, ctx, spec, seed=3, pad_token_id=pad)
@@ -193,8 +193,11 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(split_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- DDP
-def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir, tmp_path):
-    """2 gloo ranks x batch 1 x 2 accumulation steps == 1 process x batch 2 x 2 steps (global batch 4)."""
+@pytest.mark.parametrize("launcher", ["operator-env", "torchrun"])
+def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir, tmp_path, launcher):
+    """2 gloo ranks x batch 1 x 2 accumulation steps == 1 process x batch 2 x 2 steps (global batch 4); the
+    ranks get the Training Operator's env (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, no LOCAL_RANK) or
+    are started by torchrun."""
     steps = dict(max_steps=4, eval_every=2, log_every=1, grad_accum_steps=2, seed=1, early_stopping_patience=0)
     single = run_train(cfg(batch_size=2, **steps), str(split_dir), str(tmp_path / "single"))
 
@@ -202,19 +205,24 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir,
     config_file = tmp_path / "ddp.yaml"
     cfg(batch_size=1, **steps).save(str(config_file))
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-m", "msenc_lib.train", "--data-dir", str(split_dir), "--output-dir",
-                               str(out), "--config", str(config_file)],
-                              env=child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    args = ["-m", "msenc_lib.train", "--data-dir", str(split_dir), "--output-dir", str(out), "--config", str(config_file)]
+    if launcher == "torchrun":
+        commands = [([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                      f"--master-port={port}", *args], child_env())]
+    else:
+        commands = [([sys.executable, *args], child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2",
+                                                        RANK=str(r))) for r in range(2)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd, env in commands]
     try:
         outputs = [p.communicate(timeout=400) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
-    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outputs]
-    assert all(r["world_size"] == 2 and r["global_batch_windows"] == 4 for r in results)
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    results = [json.loads(line) for o in outputs for line in o[0].splitlines() if line.startswith('{"output_uri"')]
+    assert len(results) == 2 and all(r["world_size"] == 2 and r["global_batch_windows"] == 4 for r in results)
     assert single.global_batch_windows == 4
 
     la, lb = last_weights(str(tmp_path / "single")), last_weights(str(out))
@@ -298,9 +306,8 @@ def test_init_model_warm_starts_from_an_export_location(split_dir, tmp_path):
                        str(split_dir), str(tmp_path / "second"))
     assert second.completed
     a, b = load_file(first / "model.safetensors"), load_file(tmp_path / "second" / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # started from the first model's weights
-    fresh = load_file(tmp_path / "first" / "model.safetensors")
-    assert fresh.keys() == a.keys()
+    # started from the first model's weights (a fresh seed-0 init would differ from them by far more)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 # --------------------------------------------------------------------------------------- bad inputs

@@ -117,7 +117,8 @@ class Trainer:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": rng, "metrics": self.metrics.rows,
                 "best_eval": self.best_eval, "best_step": self.best_step, "bad_evals": self.bad_evals,
-                "log_window": dict(self.log_window), "samples_seen": self._samples_before(self.step),
+                "stopped_early": self.stopped_early, "log_window": dict(self.log_window),
+                "samples_seen": self._samples_before(self.step),
                 "config": self.cfg.model_dump(mode="json")}
 
     def save(self) -> None:
@@ -141,6 +142,7 @@ class Trainer:
         self.best_eval, self.best_step, self.bad_evals = state["best_eval"], state["best_step"], state["bad_evals"]
         self.best_weights = best["model"] if best is not None else None
         self.log_window = dict(state["log_window"])
+        self.stopped_early = bool(state["stopped_early"])  # an early-stopped run stays stopped
         self.metrics.rows = list(state["metrics"])
         self.metrics.flush()  # drop rows logged after this checkpoint
         changed = {k: (v, getattr(self.cfg, k)) for k, v in state["config"].items()
