@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from msenc_lib import storage
 from msenc_lib.config import StageConfig
-from msenc_lib.errors import ConfigError, InputDataError, StorageError
+from msenc_lib.errors import ConfigError, InputDataError, MsencError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +169,54 @@ def _build_model(config: TrainConfig, tokenizer):
     return model
 
 
+def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
+    """Tokenizer, model, train/validation windows, the checkpoint to resume from, a local tokenizer copy."""
+    from msenc_lib.model.masking import MaskingSpec
+    from msenc_lib.tokenizer import special_token_ids
+    from msenc_lib.training.checkpoint import latest_checkpoint
+    from msenc_lib.training.data import EVAL_MASK_SEED, WindowDataset, read_sequences
+
+    # every rank reads the split once (s3: one download per process)
+    with storage.local_copy(data_uri) as data_dir:
+        tokenizer, train_seq, val_seq = _load_split(Path(data_dir))
+        ids = special_token_ids(tokenizer)
+        train_cells = read_sequences(train_seq, ids["sep"], len(tokenizer))
+        val_cells = read_sequences(val_seq, ids["sep"], len(tokenizer)) if val_seq is not None else []
+        tok_tmp = tempfile.TemporaryDirectory(prefix="msenc-tok-")
+        tokenizer.save_pretrained(tok_tmp.name)
+    model = _build_model(config, tokenizer)
+    context = config.context_length or model.config.max_context
+    if context > model.config.max_context:
+        raise ConfigError(f"context_length {context} exceeds the model's context {model.config.max_context} "
+                          f"(seq_lens {model.config.seq_lens})")
+    spec = MaskingSpec.create(ids["mask"], tokenizer.all_special_ids + list(ids.values()), len(tokenizer),
+                              probability=config.mask_probability)
+    train_data = WindowDataset(train_cells, context, spec, config.seed, ids["pad"])
+    val_data = (WindowDataset(val_cells, context, spec, 0, ids["pad"], shuffle=False, mask_seed=EVAL_MASK_SEED)
+                if val_cells and config.eval_every else None)
+    if config.eval_every and val_data is None:
+        log.warning("no validation sequences in %s: no evaluation, no early stopping; the last model is kept",
+                    data_uri)
+
+    # output: fresh, resumed or overwritten
+    resume_from = None
+    if config.resume:
+        resume_from = latest_checkpoint(output_uri)
+        if resume_from is None:
+            raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, 'checkpoints')} to "
+                              "continue from; run without --resume to start training")
+    elif storage.exists(output_uri) and storage.list_files(output_uri) and not config.overwrite:
+        raise StorageError(f"output already exists and is not empty: {output_uri} (use --resume to "
+                           "continue its training, --overwrite to replace it, or another output)")
+    return tokenizer, model, train_data, val_data, resume_from, tok_tmp
+
+
 # ---------------------------------------------------------------------------------------- the stage
 def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
     """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env."""
-    import torch
-
-    from msenc_lib.model.masking import MaskingSpec
-    from msenc_lib.tokenizer import digit_token_ids, special_token_ids
+    from msenc_lib.tokenizer import digit_token_ids
     from msenc_lib.training import distributed
-    from msenc_lib.training.checkpoint import latest_checkpoint, remove_tree
-    from msenc_lib.training.data import EVAL_MASK_SEED, WindowDataset, read_sequences
+    from msenc_lib.training.checkpoint import remove_tree
     from msenc_lib.training.loop import Trainer
 
     start = time.perf_counter()
@@ -187,40 +225,17 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
         raise InputDataError(f"split not found: {data_uri}")
     ctx = distributed.setup(config.device, config.dist_timeout_s)
     try:
-        # inputs: every rank reads the split once (s3: one download per process)
-        with storage.local_copy(data_uri) as data_dir:
-            tokenizer, train_seq, val_seq = _load_split(Path(data_dir))
-            ids = special_token_ids(tokenizer)
-            train_cells = read_sequences(train_seq, ids["sep"])
-            val_cells = read_sequences(val_seq, ids["sep"]) if val_seq is not None else []
-            tok_tmp = tempfile.TemporaryDirectory(prefix="msenc-tok-")
-            tokenizer.save_pretrained(tok_tmp.name)
-        model = _build_model(config, tokenizer)
-        context = config.context_length or model.config.max_context
-        if context > model.config.max_context:
-            raise ConfigError(f"context_length {context} exceeds the model's context {model.config.max_context} "
-                              f"(seq_lens {model.config.seq_lens})")
-        spec = MaskingSpec.create(ids["mask"], tokenizer.all_special_ids + list(ids.values()), len(tokenizer),
-                                  probability=config.mask_probability)
-        train_data = WindowDataset(train_cells, context, spec, config.seed, ids["pad"])
-        val_data = (WindowDataset(val_cells, context, spec, 0, ids["pad"], shuffle=False, mask_seed=EVAL_MASK_SEED)
-                    if val_cells and config.eval_every else None)
-        if config.eval_every and val_data is None:
-            log.warning("no validation sequences in %s: no evaluation, no early stopping; the last model is kept",
-                        data_uri)
-
-        # output: fresh, resumed or overwritten; decided on every rank before anyone writes
-        resume_from = None
-        if config.resume:
-            resume_from = latest_checkpoint(output_uri)
-            if resume_from is None:
-                raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, 'checkpoints')} to "
-                                  "continue from; run without --resume to start training")
-        elif storage.exists(output_uri) and storage.list_files(output_uri):
-            if not config.overwrite:
-                raise StorageError(f"output already exists and is not empty: {output_uri} (use --resume to "
-                                   "continue its training, --overwrite to replace it, or another output)")
-        ctx.barrier()
+        # every rank prepares (reads the split, builds the model, checks the output); if one fails, all stop
+        # at once instead of the others waiting for it in a collective until the timeout
+        try:
+            prep, failure = _prepare(config, data_uri, output_uri), None
+        except Exception as e:  # re-raised below, on this rank as it is
+            prep, failure = None, e
+        if ctx.any_true(failure is not None):
+            if failure is not None:
+                raise failure
+            raise MsencError("training setup failed on another rank; see that rank's log")
+        tokenizer, model, train_data, val_data, resume_from, tok_tmp = prep
         if config.overwrite and not config.resume and ctx.is_main:
             remove_tree(output_uri)
         ctx.barrier()

@@ -205,7 +205,8 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir,
     config_file = tmp_path / "ddp.yaml"
     cfg(batch_size=1, **steps).save(str(config_file))
     port = str(free_port())
-    args = ["-m", "msenc_lib.train", "--data-dir", str(split_dir), "--output-dir", str(out), "--config", str(config_file)]
+    args = ["-m", "msenc_lib.train", "--data-dir", str(split_dir), "--output-dir", str(out),
+            "--config", str(config_file)]
     if launcher == "torchrun":
         commands = [([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
                       f"--master-port={port}", *args], child_env())]
@@ -286,7 +287,8 @@ def test_rendered_pytorchjob_commands_train_with_the_operator_env_on_s3(split_di
     result = json.loads(outputs[0][0].strip().splitlines()[-1])
     assert result["world_size"] == 2 and result["completed"] and result["steps"] == 6
     keys = s3.keys("models/job/")
-    assert {"models/job/config.json", "models/job/model.safetensors", "models/job/tokenizer/tokenizer.json"} <= set(keys)
+    assert {f"models/job/{name}" for name in ("config.json", "model.safetensors", "tokenizer/tokenizer.json",
+                                              "metrics.jsonl")} <= set(keys)
 
     from transformers import AutoModel
 
@@ -332,7 +334,8 @@ def test_init_model_with_another_vocabulary_or_architecture_is_refused(split_dir
     from msenc_lib.model import MultiscaleEncoderConfig, MultiscaleEncoderForMaskedLM
 
     other_vocab = tmp_path / "other-vocab"
-    MultiscaleEncoderForMaskedLM(MultiscaleEncoderConfig.from_preset("tiny", vocab_size=40)).save_pretrained(other_vocab)
+    other = MultiscaleEncoderForMaskedLM(MultiscaleEncoderConfig.from_preset("tiny", vocab_size=40))
+    other.save_pretrained(other_vocab)
     with pytest.raises(InputDataError, match="vocab_size 40 does not match the split's tokenizer"):
         run_train(cfg(max_steps=1, init_model=str(other_vocab)), str(split_dir), str(tmp_path / "o1"))
     first = tmp_path / "first"
@@ -390,3 +393,44 @@ def test_early_stopping_after_patience_evaluations_keeps_the_best_model(split_di
     saved = load_file(out / "model.safetensors")
     assert all(torch.equal(saved[k], best_state["model"][k]) for k in saved)
     assert any(not torch.equal(saved[k], state["model"][k]) for k in saved)
+
+
+def test_token_ids_outside_the_vocabulary_name_file_row_and_field(split_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad"
+    storage.copy_tree(str(split_dir), str(bad))
+    shard = bad / "train" / "sequences" / "part-00000.parquet"
+    table = pq.read_table(shard)
+    rows = table.column("input_ids").to_pylist()
+    rows[2][10] = 99
+    pq.write_table(table.set_column(table.schema.get_field_index("input_ids"), "input_ids",
+                                    pa.array(rows, type=pa.list_(pa.int32()))), shard)
+    with pytest.raises(InputDataError, match=r"part-00000.parquet row 2 \(cell .*\), field input_ids: token id 99 "
+                                             r"outside the tokenizer's vocabulary of 23"):
+        run_train(cfg(max_steps=1), str(bad), str(tmp_path / "out"))
+
+
+def test_a_rank_that_fails_to_start_stops_the_other_promptly(split_dir, tmp_path):
+    """Rank 1 gets a bad setting (as from a misconfigured pod): both ranks exit with a clear message instead
+    of rank 0 waiting in a collective until the timeout."""
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank))
+        if rank == 1:
+            env["MSENC_TRAIN__PRESET"] = "huge"
+        procs.append(subprocess.Popen([sys.executable, "-m", "msenc_lib.train", "--data-dir", str(split_dir),
+                                       "--output-dir", str(tmp_path / "out"), "--progress", "false"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert "training setup failed on another rank" in errs[0]
+    assert "unknown preset 'huge'" in errs[1]
+    assert not (tmp_path / "out").exists()

@@ -35,8 +35,9 @@ class CellTokens:
     row_starts: np.ndarray  # positions where a time step starts (0 and after each separator)
 
 
-def read_sequences(sequences_dir: str | Path, sep_token_id: int) -> list[CellTokens]:
-    """All sequences of a ``sequences/`` folder (Parquet shards), in file order."""
+def read_sequences(sequences_dir: str | Path, sep_token_id: int, vocab_size: int | None = None) -> list[CellTokens]:
+    """All sequences of a ``sequences/`` folder (Parquet shards), in file order; token ids are checked
+    against ``vocab_size`` (the tokenizer's)."""
     import pyarrow.parquet as pq
 
     files = sorted(Path(sequences_dir).glob("*.parquet"))
@@ -54,6 +55,11 @@ def read_sequences(sequences_dir: str | Path, sep_token_id: int) -> list[CellTok
                 log.warning("%s row %d (cell %s): empty input_ids, skipped", path, row, key)
                 continue
             arr = np.asarray(ids, dtype=np.int32)
+            if vocab_size is not None and (int(arr.min()) < 0 or int(arr.max()) >= vocab_size):
+                bad = int(arr.max()) if int(arr.max()) >= vocab_size else int(arr.min())
+                raise InputDataError(f"{path} row {row} (cell {key}), field input_ids: token id {bad} outside the "
+                                     f"tokenizer's vocabulary of {vocab_size}; was the split made with this "
+                                     "tokenizer/ folder?")
             seps = np.flatnonzero(arr == sep_token_id) + 1
             starts = np.concatenate([[0], seps[seps < len(arr)]]).astype(np.int64)
             cells.append(CellTokens(str(key), arr, starts))
