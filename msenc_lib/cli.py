@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "msenc_lib.ingest",
     "msenc_lib.preprocess",
     "msenc_lib.split",
+    "msenc_lib.train",
     "msenc_lib.embed",
     "msenc_lib.evaluate",
     "msenc_lib.launch",
