@@ -9,25 +9,20 @@ best-by-eval-loss weights when evaluation ran, else the last), ``tokenizer/``, `
 ``metrics.jsonl``, ``checkpoints/`` (resume state). ``config.json`` is written last: a run that stopped
 early leaves checkpoints and metrics, never a half-written model.
 
-CPU allocator: large attention buffers page-fault under glibc malloc; ``THP_MEM_ALLOC_ENABLE=1`` (torch
-allocates >= 2 MiB buffers on transparent huge pages) removes most of that cost. torch reads it once when it
-starts, so importing this module sets it as a default (your own value wins) before torch is imported; it
-has no effect when torch was already imported (e.g. inside a notebook that imported torch first).
+CPU allocator: msenc allocates little per step (no full attention matrices, no full-vocabulary logits), so
+``THP_MEM_ALLOC_ENABLE=1``, which halves mblm's page faults, is left to the user: it measured between 17 %
+faster (tiny preset) and 45 % slower (seed preset) here (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
-
-if "torch" not in sys.modules:  # see the module docstring
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from pydantic import BaseModel, Field
 
@@ -292,7 +287,7 @@ tokenizer in OUT/tokenizer/.
 Distributed: under torchrun, or with the Kubeflow Training Operator's env (MASTER_ADDR, MASTER_PORT,
 WORLD_SIZE, RANK), it runs DDP (gloo on CPU, nccl on GPU); only rank 0 writes.
 Data and output may be s3:// URIs (endpoint from AWS_ENDPOINT_URL). MLflow logging when mlflow is
-installed and MLFLOW_TRACKING_URI is set. THP_MEM_ALLOC_ENABLE=1 is the CPU default (faster large buffers).
+installed and MLFLOW_TRACKING_URI is set.
 
   msenc train --preset tiny --data-dir split/ --output-dir model/ --max-steps 40
 """

@@ -287,20 +287,24 @@ class MultiscaleEncoderForMaskedLM(MultiscaleEncoderPreTrainedModel):
         labels: torch.Tensor | None = None,
         return_logits: bool = False,
         return_dict: bool | None = None,
+        loss_weights: tuple[float, float] | None = None,
         **kwargs,
     ) -> MultiscaleMaskedLMOutput:
+        """``loss_weights`` (ce, ntl) replaces the config's weights for this call: a trainer weights each
+        micro-batch by its share of the global batch's masked (digit) positions."""
         hidden = self.encoder(input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.lm_head(hidden) if (labels is None or return_logits) else None
         if labels is None:
             return MultiscaleMaskedLMOutput(logits=logits, last_hidden_state=hidden)
         cfg = self.config
+        ce_weight, ntl_weight = loss_weights if loss_weights is not None else (cfg.ce_weight, cfg.ntl_weight)
         picked = labels != IGNORE_INDEX
-        use_ntl = bool(cfg.ntl_weight) and cfg.digit_token_ids is not None
+        use_ntl = bool(ntl_weight) and cfg.digit_token_ids is not None
         ce, ntl = masked_lm_losses(hidden[picked], self.lm_head.weight, self.lm_head.bias, labels[picked],
                                    digit_token_ids=cfg.digit_token_ids if use_ntl else None,
                                    ntl_kind=cfg.ntl_type, chunk_elements=self.loss_chunk_elements)
         if ntl is None:
             ntl = ce.new_zeros(())
-        loss = cfg.ce_weight * ce + cfg.ntl_weight * ntl
+        loss = ce_weight * ce + ntl_weight * ntl
         return MultiscaleMaskedLMOutput(loss=loss, ce_loss=ce.detach(), ntl_loss=ntl.detach(), logits=logits,
                                         last_hidden_state=hidden, num_masked=picked.sum())

@@ -5,7 +5,7 @@ over the masked digit positions`` of ITS batch. For one optimizer step over seve
 to equal that loss on the whole global batch, each micro-batch's CE is weighted by its share of the step's
 masked positions and its NTL by its share of the masked digit positions (both counted before the forward
 pass and summed over ranks), times the world size because DDP averages gradients over ranks. The weights go
-in through the model config's ``ce_weight``/``ntl_weight`` for that forward pass only.
+in through the model's ``loss_weights`` argument.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -58,17 +58,6 @@ def _cosine_with_warmup(optimizer: torch.optim.Optimizer, max_steps: int, warmup
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@contextlib.contextmanager
-def _loss_weights(model, ce: float, ntl: float) -> Iterator[None]:
-    cfg = model.config
-    saved = cfg.ce_weight, cfg.ntl_weight
-    cfg.ce_weight, cfg.ntl_weight = ce, ntl
-    try:
-        yield
-    finally:
-        cfg.ce_weight, cfg.ntl_weight = saved
 
 
 class Trainer:
@@ -184,8 +173,8 @@ class Trainer:
             mb = {k: v.to(ctx.device) for k, v in mb.items()}
             tokens += int(mb["attention_mask"].sum())
             sync = contextlib.nullcontext() if (a == len(micro) - 1 or not ctx.distributed) else self.ddp.no_sync()
-            with sync, _loss_weights(module, w_ce, w_ntl), self._autocast():
-                out = self.ddp(**mb)
+            with sync, self._autocast():
+                out = self.ddp(**mb, loss_weights=(w_ce, w_ntl))
                 out.loss.backward()
             ce_part += float(out.ce_loss) * m / m_total if m_total else 0.0
             ntl_part += float(out.ntl_loss) * d / d_total if d_total else 0.0
