@@ -22,9 +22,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole pipeline with kfp.local on the embedded demo data; every artifact under $(DEMO_DIR)/pipeline_root,
+# the report at $(DEMO_DIR)/report.html (printed at the end).
 demo: $(STAMP)
-	$(VENV)/bin/msenc generate-data --size demo --seed 0 --output-dir $(DEMO_DIR)/raw
-	$(VENV)/bin/msenc ingest --input-path $(DEMO_DIR)/raw --output-dir $(DEMO_DIR)/unified
+	$(VENV)/bin/msenc pipeline run-local --runner subprocess --data-size demo --output-dir $(DEMO_DIR)
 
 # Images (images/README.md): docker or podman, whichever is installed (ENGINE=... to choose).
 # IMAGE names keep "python" in them (kfp's SubprocessRunner warns otherwise).

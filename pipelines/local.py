@@ -51,7 +51,7 @@ def run_container_to_completion(client, image: str, command: list[str], volumes:
 
 
 @contextlib.contextmanager
-def _reliable_docker_steps() -> Iterator[None]:
+def reliable_docker_steps() -> Iterator[None]:
     from kfp.local import docker_task_handler
 
     original = docker_task_handler.run_docker_container
@@ -81,7 +81,7 @@ def run_local(pipeline_func: Callable, arguments: dict[str, Any], output_dir: st
     root = Path(output_dir).resolve() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=make_runner(runner), pipeline_root=str(root), raise_on_error=True)
-    with _reliable_docker_steps() if runner == "docker" else contextlib.nullcontext():
+    with reliable_docker_steps() if runner == "docker" else contextlib.nullcontext():
         task = pipeline_func(**arguments)
     outputs = {}
     for name, artifact in (task.outputs or {}).items():

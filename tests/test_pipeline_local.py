@@ -140,3 +140,20 @@ def test_pipeline_on_s3_warm_started_from_an_export(tiny_run, s3, tmp_path):
 
     cold, warm = train_losses(str(first["train"] / "model")), train_losses(resolve_model_uri(exports))
     assert warm[0] < cold[0] - 0.5 * (cold[0] - cold[-1]), (cold, warm)
+
+
+@pytest.mark.slow
+@pytest.mark.container
+def test_component_runs_in_the_msenc_image(docker_api, msenc_image, tmp_path):
+    """The data component inside the msenc image through the Docker-API socket; its output read back here."""
+    from kfp import local
+
+    from msenc_components.data.component import build as build_data
+    from msenc_pipelines.local import make_runner, reliable_docker_steps
+
+    local.init(runner=make_runner("docker"), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+    with reliable_docker_steps():
+        task = build_data(msenc_image)(size="tiny", seed=3)
+    assert task.outputs["n_cells"] == 8
+    unified = pd.read_parquet(task.outputs["unified"].path)
+    assert unified["cell_key"].nunique() == 8 and len(unified) == task.outputs["n_rows"]

@@ -177,6 +177,9 @@ class MultiscaleEncoderPreTrainedModel(PreTrainedModel):
 class MultiscaleEncoderModel(MultiscaleEncoderPreTrainedModel):
     """The encoder: ``forward(input_ids, attention_mask)`` -> ``last_hidden_state`` (B, L, hidden_sizes[-1])."""
 
+    # loading a pretrained masked-LM checkpoint as the bare encoder leaves its LM head out, as intended
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
     def __init__(self, config: MultiscaleEncoderConfig):
         super().__init__(config)
         token_dim = config.hidden_sizes[-1]
