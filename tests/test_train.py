@@ -193,6 +193,20 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(split_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- DDP
+def run_to_completion(commands: list[tuple[list[str], dict]], timeout: float = 400) -> list[tuple[str, str]]:
+    """Start every (command, env) at once (the ranks of one job), wait for all; each must exit 0."""
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd, env in commands]
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    return outputs
+
+
 @pytest.mark.parametrize("launcher", ["operator-env", "torchrun"])
 def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir, tmp_path, launcher):
     """2 gloo ranks x batch 1 x 2 accumulation steps == 1 process x batch 2 x 2 steps (global batch 4); the
@@ -213,15 +227,7 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir,
     else:
         commands = [([sys.executable, *args], child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2",
                                                         RANK=str(r))) for r in range(2)]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd, env in commands]
-    try:
-        outputs = [p.communicate(timeout=400) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    outputs = run_to_completion(commands)
     # under torchrun both ranks share one stdout, so their result lines may run together: decode each object
     decoder, marker = json.JSONDecoder(), '{"output_uri"'
     results = [decoder.raw_decode(text, i)[0] for text in (o[0] for o in outputs)
@@ -278,15 +284,7 @@ def test_rendered_pytorchjob_commands_train_with_the_operator_env_on_s3(split_di
                                  python=sys.executable)
     assert [r.rank for r in replicas] == [0, 1] and "LOCAL_RANK" not in replicas[1].env
     base = {k: v for k, v in child_env().items() if not k.startswith("AWS_")}
-    procs = [subprocess.Popen(r.command, env={**base, **r.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in replicas]
-    try:
-        outputs = [p.communicate(timeout=400) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    outputs = run_to_completion([(r.command, {**base, **r.env}) for r in replicas])
     result = json.loads(outputs[0][0].strip().splitlines()[-1])
     assert result["world_size"] == 2 and result["completed"] and result["steps"] == 6
     keys = s3.keys("models/job/")
