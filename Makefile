@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[pipeline,dev]"
+	$(PY) -m pip install --quiet -e ".[pipeline,dev,bench]"
 	touch $@
 
 install: $(STAMP)

@@ -2,7 +2,7 @@
 
 ``docker_api`` (session): a Docker-API endpoint that answers, from the first that works of
   1. ``DOCKER_HOST`` if set, 2. the default ``/var/run/docker.sock``, 3. podman's API service started by
-  ``../shared/tools/podman-setup.sh`` (relative to the repository root; installs podman when missing).
+  ``../shared/tools/podman-setup.sh`` (relative to the repository root, or ``MSENC_SHARED_TOOLS``; installs podman when missing).
   Sets ``DOCKER_HOST`` for the session (kfp's DockerRunner and the docker SDK read it). When none can be made
   the tests are SKIPPED and the reason is printed. A podman service started here is stopped at the end.
 ``msenc_image`` (session): the tag of the CPU image (images/Dockerfile) built for the current sources, e.g.
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TOOLS = REPO.parent / "shared" / "tools"
+SHARED_TOOLS = Path(os.environ.get("MSENC_SHARED_TOOLS", REPO.parent / "shared" / "tools"))  # ../shared/tools
 IMAGE_REPO = "localhost/msenc-python"
 LOCAL_BASE_IMAGE = "localhost/msenc-python-base:bookworm"
 BUILD_LOG = REPO / ".pytest_cache" / "msenc-image-build.log"
