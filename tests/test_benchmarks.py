@@ -54,7 +54,8 @@ def test_train_bench_quick_with_reference(tmp_path):
     _positive(report, "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio", "msenc_infer_tokens_per_s",
               "mblm_infer_tokens_per_s", "infer_ratio", "msenc_peak_rss_mib", "mblm_peak_rss_mib", "peak_rss_ratio",
               "msenc_step_time_ratio_long_vs_short", "mblm_step_time_ratio_long_vs_short",
-              "msenc_infer_step_time_ratio_long_vs_short", "mblm_infer_step_time_ratio_long_vs_short")
+              "msenc_infer_step_time_ratio_long_vs_short", "mblm_infer_step_time_ratio_long_vs_short",
+              "msenc_infer_rss_over_build_mib", "mblm_infer_rss_over_build_mib")
     for name, case in report["cases"].items():
         _positive(case, "msenc_infer_tokens_per_s", "mblm_infer_tokens_per_s", "infer_ratio",
                   "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio")
