@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             args = tb.parse_args(["--omp-wait-policy", omp, "--thp", thp, "--threads", str(a.threads)])
             cmd = [sys.executable, str(Path(tb.__file__).resolve()), "--worker", "--seq-lens",
                    ",".join(map(str, case["seq_lens"])), "--vocab", str(case["vocab"]), "--steps", str(steps),
-                   "--warmup", str(case["warmup"]), "--threads", str(args.threads)] + (
+                   "--warmup", str(case["warmup"]), "--threads", str(args.threads),
+                   "--phases", "train"] + (
                        ["--torch-first"] if omp == "unset" else [])
             result = tb.run_worker(cmd, tb.child_env(args), timeout=3600)
             result["round"] = r

@@ -29,21 +29,46 @@ def _positive(report: dict, *keys: str) -> None:
         assert isinstance(value, (int, float)) and value > 0, f"{key} = {value!r}"
 
 
+SMALL_CASES = "quick1k_v23,quick256_v23"  # 1,024 and 256 tokens: the --quick code path in seconds
+
+
+def test_train_bench_quick_plans_the_16k_context_with_few_steps():
+    plan = json.loads(_run("train_bench.py", "--list-cases").stdout)
+    assert plan["mode"] == "quick"
+    first = plan["cases"][0]
+    assert (first["context_tokens"], first["vocab"], first["warmup"], first["steps"], first["rounds"]) == (
+        16384, 23, 1, 2, 1)
+    # a shorter context at the same vocabulary for the step-time ratio; both phases measured
+    assert [c["context_tokens"] < 16384 and c["vocab"] == 23 for c in plan["cases"][1:]] == [True]
+    assert all(c["phases"] == ["infer", "train"] for c in plan["cases"])
+
+
 @pytest.mark.skipif(not MBLM_PYTHON.exists(), reason=f"reference venv {MBLM_PYTHON} missing "
                     "(benchmarks/setup_mblm_venv.sh makes it)")
 def test_train_bench_quick_with_reference(tmp_path):
     out = tmp_path / "train.json"
-    _run("train_bench.py", "--output", str(out))
+    _run("train_bench.py", "--output", str(out), "--cases", SMALL_CASES)
     report = json.loads(out.read_text())
     assert report["mode"] == "quick" and report["mblm_unavailable"] is None
-    _positive(report, "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio", "msenc_peak_rss_mib",
-              "mblm_peak_rss_mib", "peak_rss_ratio", "msenc_step_time_ratio_long_vs_short",
-              "mblm_step_time_ratio_long_vs_short")
-    case = report["cases"][report["headline_case"]]
-    assert case["ratio"] == pytest.approx(case["msenc_train_tokens_per_s"] / case["mblm_train_tokens_per_s"], rel=1e-2)
-    for impl in ("msenc", "mblm"):  # both trained the same context and their losses are real numbers
-        run = report["runs"][report["headline_case"]][impl][0]
-        assert run["train"]["tokens_per_step"] == case["context_tokens"] and run["train"]["loss_finite"]
+    assert report["headline_case"] == "quick1k_v23" and report["step_time_ratio_contexts"] == [1024, 256]
+    _positive(report, "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio", "msenc_infer_tokens_per_s",
+              "mblm_infer_tokens_per_s", "infer_ratio", "msenc_peak_rss_mib", "mblm_peak_rss_mib", "peak_rss_ratio",
+              "msenc_step_time_ratio_long_vs_short", "mblm_step_time_ratio_long_vs_short",
+              "msenc_infer_step_time_ratio_long_vs_short", "mblm_infer_step_time_ratio_long_vs_short",
+              "msenc_infer_rss_over_build_mib", "mblm_infer_rss_over_build_mib")
+    for name, case in report["cases"].items():
+        _positive(case, "msenc_infer_tokens_per_s", "mblm_infer_tokens_per_s", "infer_ratio",
+                  "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio")
+        assert case["ratio"] == pytest.approx(case["msenc_train_tokens_per_s"] / case["mblm_train_tokens_per_s"],
+                                              rel=1e-2)
+        assert case["infer_ratio"] == pytest.approx(
+            case["msenc_infer_tokens_per_s"] / case["mblm_infer_tokens_per_s"], rel=1e-2)
+        for impl in ("msenc", "mblm"):  # both ran the same context, inference gave hidden states, losses are numbers
+            run = report["runs"][name][impl][0]
+            assert run["train"]["tokens_per_step"] == run["infer"]["tokens_per_step"] == case["context_tokens"]
+            assert run["train"]["loss_finite"] and len(run["infer"]["step_s"]) == 2
+            assert run["infer"]["output_shape"][:2] == [1, case["context_tokens"]]
+            assert run["infer"]["output_shape"][2] == report["model"]["hidden_sizes"][-1]
 
 
 def test_train_bench_reports_a_missing_reference_as_null_with_reason(tmp_path):
@@ -53,7 +78,8 @@ def test_train_bench_reports_a_missing_reference_as_null_with_reason(tmp_path):
     report = json.loads(out.read_text())
     assert "no reference venv" in report["mblm_unavailable"]
     assert report["mblm_train_tokens_per_s"] is None and report["ratio"] is None
-    _positive(report, "msenc_train_tokens_per_s", "msenc_peak_rss_mib")
+    assert report["mblm_infer_tokens_per_s"] is None and report["infer_ratio"] is None
+    _positive(report, "msenc_train_tokens_per_s", "msenc_infer_tokens_per_s", "msenc_peak_rss_mib")
 
 
 def test_embed_bench_quick(tmp_path):
