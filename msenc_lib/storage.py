@@ -313,6 +313,18 @@ def _s3_delete(bucket: str, keys: list[str]) -> None:
             client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk]})
 
 
+def remove(uri: str | os.PathLike) -> None:
+    """Delete a local folder (or file) / every object under an S3 prefix; nothing there is not an error."""
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3_delete(bucket, _s3_keys(bucket, key.rstrip("/") + "/"))  # never a whole bucket: "s3://b" is "/"
+    elif os.path.isdir(uri):
+        shutil.rmtree(uri, ignore_errors=True)
+    elif os.path.exists(uri):
+        os.remove(uri)
+
+
 @contextlib.contextmanager
 def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
     """A local path holding ``uri``: the path itself when local, else a temporary download."""

@@ -211,7 +211,6 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
     """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env."""
     from msenc_lib.tokenizer import digit_token_ids
     from msenc_lib.training import distributed
-    from msenc_lib.training.checkpoint import remove_tree
     from msenc_lib.training.loop import Trainer
 
     start = time.perf_counter()
@@ -232,7 +231,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
             raise MsencError("training setup failed on another rank; see that rank's log")
         tokenizer, model, train_data, val_data, resume_from, tok_tmp = prep
         if config.overwrite and not config.resume and ctx.is_main:
-            remove_tree(output_uri)
+            storage.remove(output_uri)
         ctx.barrier()
 
         trainer = Trainer(config, model, train_data, val_data, ctx, output_uri,

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from processes import free_port, run_to_completion
 from fake_k8s import FakeKubeApi, Step, condition, job_status, pod, running, terminated, waiting
 from msenc_lib.errors import ConfigError
 from msenc_lib.launch import LaunchError, get_launcher
@@ -233,14 +234,6 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("workers,gpus", [(2, 0), (1, 2)], ids=["2-pods", "torchrun-2-procs"])
 def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, workers, gpus):
     """The rendered Master/Worker commands, run as local processes with the operator's env and the S3
@@ -250,23 +243,12 @@ def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, worker
     job = render_pytorchjob(make_cfg(workers=workers, gpus_per_worker=gpus, data_uri=s3.uri("split"),
                                      output_uri=out_uri, preset="tiny", max_steps=3))
     secret = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": s3.endpoint}
-    procs = replica_processes(job, master_port=_free_port(), secrets={"msenc-storage": secret},
+    procs = replica_processes(job, master_port=free_port(), secrets={"msenc-storage": secret},
                               python=sys.executable)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     base_env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
-    running_procs = []
-    for p in procs:
-        cmd = ["probe_train" if a == "msenc_lib.train" else a for a in p.command]
-        running_procs.append(subprocess.Popen(cmd, env={**base_env, **p.env}, stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [proc.communicate(timeout=120)[0] for proc in running_procs]
-    finally:
-        for proc in running_procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert all(proc.returncode == 0 for proc in running_procs), outputs
+    run_to_completion([(["probe_train" if a == "msenc_lib.train" else a for a in p.command], {**base_env, **p.env})
+                       for p in procs], timeout=120)
     obj = s3.client().get_object(Bucket=s3.bucket, Key=f"models/w{workers}g{gpus}/probe.json")
     got = json.loads(obj["Body"].read())
     world = workers * max(gpus, 1)

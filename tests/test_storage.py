@@ -95,3 +95,14 @@ def test_join_and_split():
     assert storage.split_s3("s3://b/p/q") == ("b", "p/q")
     with pytest.raises(StorageError):
         storage.split_s3("/local/path")
+
+
+def test_remove_deletes_the_folder_and_only_it(base):
+    with storage.publish(storage.join(base, "run")) as staging:
+        _fill(staging, FILES)
+    with storage.publish(storage.join(base, "run-2")) as staging:  # shares the name's start: must stay
+        _fill(staging, {"x.json": b"1"})
+    storage.remove(storage.join(base, "run"))
+    assert not storage.exists(storage.join(base, "run"))
+    assert storage.read_bytes(storage.join(base, "run-2", "x.json")) == b"1"
+    storage.remove(storage.join(base, "run"))  # nothing there: no error

@@ -8,7 +8,6 @@ import msenc_lib  # noqa: F401  (also registers the model classes with transform
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from processes import free_port, run_to_completion
 from safetensors.torch import load_file
 
 from msenc_lib import storage
@@ -45,12 +45,6 @@ def split_dir(tmp_path_factory) -> Path:
 
 def cfg(**over) -> TrainConfig:
     return TrainConfig.load({**FAST, **over}, environ={})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -193,20 +187,6 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(split_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- DDP
-def run_to_completion(commands: list[tuple[list[str], dict]], timeout: float = 400) -> list[tuple[str, str]]:
-    """Start every (command, env) at once (the ranks of one job), wait for all; each must exit 0."""
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd, env in commands]
-    try:
-        outputs = [p.communicate(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
-    return outputs
-
-
 @pytest.mark.parametrize("launcher", ["operator-env", "torchrun"])
 def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir, tmp_path, launcher):
     """2 gloo ranks x batch 1 x 2 accumulation steps == 1 process x batch 2 x 2 steps (global batch 4); the

@@ -59,8 +59,6 @@ def number_token_loss(logits: torch.Tensor, labels: torch.Tensor, digit_token_id
     ``logits`` (..., V) and ``labels`` (...) of the positions to score (e.g. the masked ones; -100 and other
     non-digit labels are skipped). Returns a zero that keeps the graph when no label is a digit.
     """
-    if kind not in ("mse", "was"):
-        raise ValueError(f"kind must be 'mse' or 'was', got {kind!r}")
     digits = torch.as_tensor(list(digit_token_ids), device=logits.device)
     return number_token_loss_from_digit_logits(logits.index_select(-1, digits), digit_values(labels, digit_token_ids),
                                                kind)

@@ -12,7 +12,6 @@ import io
 import os
 import json
 import logging
-import shutil
 from typing import Any
 
 import torch
@@ -53,7 +52,7 @@ def save_checkpoint(output_uri: str, step: int, state: dict[str, Any], best_weig
             (staging / BEST_FILE).write_bytes(_to_bytes(best_weights))
     storage.write_text(storage.join(root, LATEST), checkpoint_name(step) + "\n")
     for old in list_checkpoints(output_uri)[:-max(keep, 1)]:
-        remove_tree(storage.join(root, old))
+        storage.remove(storage.join(root, old))
     return uri
 
 
@@ -85,20 +84,6 @@ def load_checkpoint(uri: str) -> tuple[dict[str, Any], dict | None]:
     best_uri = storage.join(uri, BEST_FILE)
     best = _from_bytes(storage.read_bytes(best_uri)) if storage.exists(best_uri) else None
     return state, best
-
-
-def remove_tree(uri: str) -> None:
-    """Delete a folder / every object under an S3 prefix."""
-    if not storage.is_s3(uri):
-        shutil.rmtree(uri, ignore_errors=True)
-        return
-    bucket, key = storage.split_s3(uri)
-    prefix = key.rstrip("/") + "/"
-    client = storage.s3_client()
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
-    for i in range(0, len(keys), 1000):
-        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
 
 
 class MetricsLog:
