@@ -73,7 +73,10 @@ class TrainConfig(StageConfig):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     log_every: int = Field(10, ge=1, description="a metrics row every N steps")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where bf16 matmuls "
+                                                       "are native (CUDA; CPUs with AMX or AVX512-BF16), else fp32")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the transformer layers (eager "
+                                                  "if compiling fails); auto: on for contexts of 16,384+ tokens")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     resume: bool = Field(False, description="continue from the latest checkpoint in the output folder")
     overwrite: bool = Field(False, description="replace an existing output folder instead of failing")
@@ -279,9 +282,9 @@ _DESCRIPTION = """\
 Pretrain the multiscale encoder (masked LM, 15% of the tokens; loss 0.7 cross-entropy + 0.3 number-token
 loss) on the train subset of a split ('msenc split' output), evaluating on its validation subset.
 Token windows of the model's context start at time-step boundaries; AdamW, cosine schedule with warmup,
-gradient clipping and accumulation; bf16 autocast on CUDA. Checkpoints go to OUT/checkpoints/ (--resume
-continues from the newest), metrics to OUT/metrics.jsonl, the final model (best eval loss) to OUT with its
-tokenizer in OUT/tokenizer/.
+gradient clipping and accumulation; bf16 autocast on CUDA and on CPUs with native bf16 (--precision).
+Checkpoints go to OUT/checkpoints/ (--resume continues from the newest), metrics to OUT/metrics.jsonl, the
+final model (best eval loss) to OUT with its tokenizer in OUT/tokenizer/.
 
 Distributed: under torchrun, or with the Kubeflow Training Operator's env (MASTER_ADDR, MASTER_PORT,
 WORLD_SIZE, RANK), it runs DDP (gloo on CPU, nccl on GPU); only rank 0 writes.
