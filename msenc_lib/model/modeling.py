@@ -25,6 +25,7 @@ Differences from the original (mblm 0.4.0 ``MBLMEncoder``), on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -84,11 +85,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout)
             return y.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    q = q * q.shape[-1] ** -0.5
+    compiling = torch.compiler.is_compiling()
+    # compiled, products summed over the last axis become loops fused with the softmax (5% faster than bmm there)
+    scores = (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) if compiling else q @ k.transpose(-1, -2)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = F.dropout(scores.softmax(-1), dropout) if dropout else scores.softmax(-1)
-    return probs @ v
+    return (probs.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2) if compiling else probs @ v
 
 
 class Attention(nn.Module):
@@ -180,23 +184,35 @@ class PatchEmbedding(nn.Module):
 class CompiledFunction:
     """``torch.compile(fn)`` that falls back to ``fn`` for good, with one warning, when compiling fails (no C++
     compiler, an unsupported platform): the compiled graph runs nothing before it is built, so the eager re-run
-    starts from the same state. An error the eager function raises too is raised as such."""
+    starts from the same state. An error the eager function raises too is raised as such.
 
-    def __init__(self, fn, **options):
+    ``memory_budget`` < 1 (torch's ``activation_memory_budget``) lets the compiled backward recompute cheap
+    activations instead of keeping them."""
+
+    def __init__(self, fn, memory_budget: float | None = None, **options):
         self.fn = fn
         self.compiled = torch.compile(fn, **options)
+        self.memory_budget = memory_budget
         self.failed = False
 
     def __call__(self, *args, **kwargs):
         if not self.failed:
             try:
-                return self.compiled(*args, **kwargs)
+                with self._budget():
+                    return self.compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - the eager run below tells a compile failure from a real one
                 out = self.fn(*args, **kwargs)
                 self.failed = True
                 log.warning("torch.compile failed, running eagerly from now on: %s", str(error).splitlines()[0])
                 return out
         return self.fn(*args, **kwargs)
+
+    def _budget(self):
+        if self.memory_budget is None:
+            return contextlib.nullcontext()
+        import torch._functorch.config
+
+        return torch._functorch.config.patch(activation_memory_budget=self.memory_budget)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -209,13 +225,14 @@ class MultiscaleEncoderPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Block"]
     _supports_sdpa = True
 
-    def compile_layers(self, **options) -> None:
+    def compile_layers(self, memory_budget: float | None = None, **options) -> None:
         """Run every transformer layer through ``torch.compile`` (one graph per stage shape: fused norms, rotary,
         GELU, residuals and short-sequence attention; see benchmarks/README.md for the measured gain). Each
-        layer falls back to eager execution if compilation fails (:class:`CompiledFunction`)."""
+        layer falls back to eager execution if compilation fails (:class:`CompiledFunction`); ``memory_budget``
+        < 1 trades recomputation for activation memory."""
         for module in self.modules():
             if isinstance(module, Block) and not isinstance(module.forward, CompiledFunction):
-                module.forward = CompiledFunction(module.forward, **options)
+                module.forward = CompiledFunction(module.forward, memory_budget, **options)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -272,9 +289,10 @@ class MultiscaleEncoderModel(MultiscaleEncoderPreTrainedModel):
         if bool(rows.all()):
             return self.stages[k](x, mask)
         idx = rows.nonzero().squeeze(1)
-        out = x.new_zeros(x.shape)
         sub_mask = mask[idx]
-        out[idx] = self.stages[k](x[idx], None if bool(sub_mask.all()) else sub_mask)
+        done = self.stages[k](x[idx], None if bool(sub_mask.all()) else sub_mask)
+        out = done.new_zeros((x.shape[0], *done.shape[1:]))  # the stage's dtype: under autocast not always x's
+        out[idx] = done
         return out
 
     def forward(
