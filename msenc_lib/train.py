@@ -77,6 +77,9 @@ class TrainConfig(StageConfig):
                                                        "are native (CUDA; CPUs with AMX or AVX512-BF16), else fp32")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the transformer layers (eager "
                                                   "if compiling fails); auto: on for contexts of 16,384+ tokens")
+    activation_memory_budget: float | None = Field(None, gt=0, le=1, description="compiled layers only: below 1, "
+                                                   "the backward pass recomputes cheap activations instead of keeping "
+                                                   "them (0.8: -16% peak memory, +7% step time at the seed config)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     resume: bool = Field(False, description="continue from the latest checkpoint in the output folder")
     overwrite: bool = Field(False, description="replace an existing output folder instead of failing")

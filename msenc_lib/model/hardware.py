@@ -36,9 +36,9 @@ def performance_flags() -> list[str]:
 def native_bf16(device_type: str) -> bool:
     """bfloat16 matmuls run natively on this device: a CUDA GPU that supports bf16, a CPU with AMX-BF16 or
     AVX512-BF16 (elsewhere CPU bf16 is emulated and slower than float32)."""
-    import torch
-
     if device_type == "cuda":
+        import torch
+
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
         return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)

@@ -78,7 +78,7 @@ class Trainer:
             self.model.gradient_checkpointing_enable()
         self.compiled = compile_pays(cfg.compile, ctx.device.type, train_data.context)
         if self.compiled:
-            self.model.compile_layers()
+            self.model.compile_layers(memory_budget=cfg.activation_memory_budget)
         self.n_parameters = sum(p.numel() for p in model.parameters())
         log.info("model: %s parameters (preset %s, context %d tokens, %d train windows per epoch)",
                  f"{self.n_parameters:,}", cfg.preset, train_data.context, train_data.windows_per_epoch)
