@@ -40,7 +40,7 @@ class TrainConfig(StageConfig):
     stage = "train"
 
     preset: str = Field("seed", description="model size: tiny (seconds on CPU), small (the demo), seed (the "
-                        "original's 2048x8x4 = 65,536-token model)")
+                        "original's 2048x8x4 = 65,536-token model), seed_wide (seed with 8 global heads of dim 32)")
     model: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model config "
                                   "fields (e.g. {seq_lens: [64, 4, 4], attention_dropout: 0.1})")
     context_length: int | None = Field(None, ge=1, description="tokens per training window; default = the "

@@ -286,3 +286,17 @@ def test_a_real_error_in_a_compiled_layer_is_raised_not_swallowed():
     with pytest.raises(RuntimeError):
         layer(torch.randn(1, 16, 7))  # wrong width: eager fails as well
     assert not layer.forward.failed
+
+
+def test_per_stage_head_sizes_and_the_seed_wide_preset():
+    wide = MultiscaleEncoderConfig.from_preset("seed_wide", vocab_size=VOCAB)
+    seed = MultiscaleEncoderConfig.from_preset("seed", vocab_size=VOCAB)
+    assert [wide.stage_head_dim(k) for k in range(3)] == [32, 8, 8] and wide.num_attention_heads == [8, 16, 4]
+    assert MultiscaleEncoderModel(wide).num_parameters() == MultiscaleEncoderModel(seed).num_parameters()
+    model = MultiscaleEncoderModel(tiny_config(num_attention_heads=[2, 4, 4], head_dim=[32, 8, 8])).eval()
+    assert model.stages[0].layers[0].attn.qkv.out_features == 3 * 2 * 32
+    assert model(random_ids(1, 300)).last_hidden_state.shape == (1, 300, 32)
+    with pytest.raises(ValueError, match="head_dim"):
+        tiny_config(head_dim=[8, 8])
+    with pytest.raises(ValueError, match="head_dim"):
+        tiny_config(head_dim=[8, 7, 8])

@@ -101,7 +101,7 @@ class Attention(nn.Module):
     def __init__(self, config: MultiscaleEncoderConfig, stage: int):
         super().__init__()
         dim = config.hidden_sizes[stage]
-        self.heads, self.head_dim = config.num_attention_heads[stage], config.head_dim
+        self.heads, self.head_dim = config.num_attention_heads[stage], config.stage_head_dim(stage)
         self.qkv = nn.Linear(dim, 3 * self.heads * self.head_dim, bias=False)
         self.out = nn.Linear(self.heads * self.head_dim, dim, bias=False)
         self.dropout = config.attention_dropout
@@ -155,7 +155,7 @@ class Stage(nn.Module):
         self.layers = nn.ModuleList(Block(config, stage) for _ in range(config.num_layers[stage]))
         self.norm = nn.RMSNorm(dim, eps=config.rms_norm_eps)
         self.rotary = config.use_rotary
-        self.head_dim, self.theta = config.head_dim, config.rope_theta
+        self.head_dim, self.theta = config.stage_head_dim(stage), config.rope_theta
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         if self.positions is not None:
