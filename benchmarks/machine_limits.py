@@ -1,7 +1,7 @@
 """What the hardware allows, measured in the benchmark's own run: dense matmul throughput, the attention kernel alone
 at the global stage's shapes, and the model's FLOPs per step (for model FLOP utilisation).
 
-    python benchmarks/machine_limits.py --heads 32 --seq 2048 --head-dim 8    # one JSON line (CPU; --device cuda)
+    python benchmarks/machine_limits.py --shapes 32x8,8x32 --seq 2048    # one JSON line (CPU; --device cuda)
 """
 
 from __future__ import annotations
@@ -74,16 +74,18 @@ def attention_kernel(heads: int, seq: int, head_dim: int, dtype_name: str, devic
 
 def forward_flops(config: dict, tokens: int, labelled: int = 0, vocab: int = 0) -> dict:
     """Matmul FLOPs (2 per multiply-add) of one forward pass over ``tokens`` tokens of the multiscale encoder
-    (``config``: seq_lens, hidden_sizes, num_layers, num_attention_heads, head_dim, ff_multiplier), plus the LM
+    (``config``: seq_lens, hidden_sizes, num_layers, num_attention_heads, head_dim (one or per stage),
+    ff_multiplier), plus the LM
     head on ``labelled`` rows of a ``vocab``-token vocabulary; ``attention`` is the q k^T and p v part."""
     seq_lens, dims = config["seq_lens"], config["hidden_sizes"]
-    stages, head_dim, ff = len(seq_lens), config["head_dim"], config["ff_multiplier"]
+    stages, ff = len(seq_lens), config["ff_multiplier"]
+    head_dims = config["head_dim"] if isinstance(config["head_dim"], list) else [config["head_dim"]] * stages
     token_dim = dims[-1]
     linear = attention = 0
     for k in range(stages):
         patch = math.prod(seq_lens[k + 1:])
         elements = -(-tokens // patch)
-        inner = config["num_attention_heads"][k] * head_dim
+        inner = config["num_attention_heads"][k] * head_dims[k]
         per_layer = dims[k] * 3 * inner + inner * dims[k] + 2 * ff * dims[k] * dims[k]
         linear += elements * per_layer * config["num_layers"][k]
         attention += elements * 2 * seq_lens[k] * inner * config["num_layers"][k]
@@ -94,17 +96,22 @@ def forward_flops(config: dict, tokens: int, labelled: int = 0, vocab: int = 0) 
             "total": 2 * (linear + attention + head)}
 
 
-def measure(heads: int, seq: int, head_dim: int, device: str = "cpu", matmul_n: int = 2048) -> dict:
-    """Matmul peaks (float32, bfloat16) and the attention kernel at (1, heads, seq, head_dim) in both dtypes."""
-    return {"matmul": {d: matmul_tflops(d, matmul_n, device) for d in ("float32", "bfloat16")},
-            "attention": {d: attention_kernel(heads, seq, head_dim, d, device) for d in ("float32", "bfloat16")}}
+def measure(shapes: list[tuple[int, int]], seq: int, device: str = "cpu", matmul_n: int = 2048) -> dict:
+    """Matmul peaks (float32, bfloat16) and the attention kernel at (1, heads, seq, head_dim) in both dtypes for each
+    (heads, head_dim) of ``shapes`` (``attention`` is the first, ``attention_<heads>x<dim>`` every one)."""
+    out: dict = {"matmul": {d: matmul_tflops(d, matmul_n, device) for d in ("float32", "bfloat16")}}
+    for i, (heads, head_dim) in enumerate(shapes):
+        kernel = {d: attention_kernel(heads, seq, head_dim, d, device) for d in ("float32", "bfloat16")}
+        out[f"attention_{heads}x{head_dim}"] = kernel
+        if i == 0:
+            out["attention"] = kernel
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--shapes", default="32x8", help="attention shapes: comma list of HEADSxHEAD_DIM")
     p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--head-dim", type=int, default=8)
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--device", default="cpu")
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     result = {"threads": torch.get_num_threads(), "torch_version": torch.__version__, "machine": bc.machine(),
-              **measure(a.heads, a.seq, a.head_dim, a.device, a.matmul_n)}
+              **measure([tuple(map(int, x.split("x"))) for x in a.shapes.split(",")], a.seq, a.device, a.matmul_n)}
     print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0
 

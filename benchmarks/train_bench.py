@@ -14,6 +14,8 @@ Implementations (``--impls``), each a fresh subprocess per round:
               default on CPUs with AMX/AVX512-BF16 and on CUDA
   msenc_bf16_mem08  the same with an activation-memory budget of 0.8 (``--activation-memory-budget``): the
               compiled backward recomputes cheap activations instead of keeping them
+  msenc_wide_bf16  msenc_bf16 with the ``seed_wide`` preset (8 global heads of dim 32 instead of 32 of dim 8,
+              same parameters): not the reference's model, its ratio says what the wider heads buy
   mblm_flash  mblm 0.4.0 with ``use_flash_attn=True`` (its SDPA path): the reference at its best
   mblm_orig   mblm 0.4.0 with ``use_flash_attn=False``, as the original workflow configured it (full 2,048 x 2,048
               attention matrices)
@@ -81,9 +83,12 @@ MASK_PROBABILITY = 0.15
 # implementation -> (kind, worker flags)
 IMPLS = {"msenc": ("msenc", ["--precision", "fp32"]), "msenc_bf16": ("msenc", ["--precision", "bf16"]),
          "msenc_bf16_mem08": ("msenc", ["--precision", "bf16", "--memory-budget", "0.8"]),
+         "msenc_wide_bf16": ("msenc", ["--precision", "bf16", "--preset", "seed_wide"]),
          "mblm_flash": ("mblm", ["--use-flash-attn"]), "mblm_orig": ("mblm", [])}
 REFERENCES = ("mblm_flash", "mblm_orig")
-MSENC_VARIANTS = (("", "msenc"), ("bf16_", "msenc_bf16"), ("bf16_mem08_", "msenc_bf16_mem08"))  # key prefix, impl
+WIDE_HEADS, WIDE_HEAD_DIM = 8, 32  # the seed_wide preset's global stage
+MSENC_VARIANTS = (("", "msenc"), ("bf16_", "msenc_bf16"), ("bf16_mem08_", "msenc_bf16_mem08"),
+                  ("wide_bf16_", "msenc_wide_bf16"))  # key prefix, impl
 # mblm_gib: each reference setting's peak RSS there (GiB, measured on 2-core VMs; 65,536 x 49,155 float32 logits
 # alone are 12.9 GB and mblm also keeps their softmax and gradient): it runs only with that much memory + 1 GiB free.
 CASES = {
@@ -119,15 +124,16 @@ def run_msenc_worker(a: argparse.Namespace) -> dict:
     import msenc_lib
     import torch
 
-    from msenc_lib.model import MultiscaleEncoderConfig, MultiscaleEncoderForMaskedLM
+    from msenc_lib.model import PRESETS, MultiscaleEncoderConfig, MultiscaleEncoderForMaskedLM
     from msenc_lib.model.hardware import compile_pays
     from msenc_lib.model.masking import MaskingSpec, mask_tokens
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
+    model_sizes = {**MODEL, **{k: PRESETS[a.preset][k] for k in ("num_attention_heads", "head_dim")}}
     config = MultiscaleEncoderConfig(vocab_size=a.vocab, seq_lens=a.seq_lens, pad_token_id=PAD_ID,
-                                     mask_token_id=MASK_ID, digit_token_ids=DIGIT_IDS, **MODEL)
+                                     mask_token_id=MASK_ID, digit_token_ids=DIGIT_IDS, **model_sizes)
     t0 = time.perf_counter()
     model = MultiscaleEncoderForMaskedLM(config).train()
     length = config.max_context
@@ -143,7 +149,8 @@ def run_msenc_worker(a: argparse.Namespace) -> dict:
               "precision": a.precision, "compiled": compiled, "memory_budget": a.memory_budget,
               "num_masked": int((labels != -100).sum()), "env": env,
               "rss_after_build_mib": round(bc.rss_mib(), 1),
-              "config": {"seq_lens": a.seq_lens, "vocab": a.vocab, **MODEL, "batch_size": 1, "seq_len": length}}
+              "preset": a.preset,
+              "config": {"seq_lens": a.seq_lens, "vocab": a.vocab, **model_sizes, "batch_size": 1, "seq_len": length}}
     for phase in a.phases:  # infer first by default, as the reference does
         result[phase] = (msenc_infer(a, model, ids) if phase == "infer"
                          else msenc_train(a, model, masked, labels, length))
@@ -356,6 +363,10 @@ def summarise_limits(limit_runs: list[dict]) -> dict:
             "attention_forward_backward_s_float32": med("attention", "float32", "forward_backward_s"),
             "attention_forward_s_bfloat16": med("attention", "bfloat16", "forward_s"),
             "attention_forward_backward_s_bfloat16": med("attention", "bfloat16", "forward_backward_s"),
+            "attention_wide_forward_backward_s_float32": med(f"attention_{WIDE_HEADS}x{WIDE_HEAD_DIM}", "float32",
+                                                             "forward_backward_s"),
+            "attention_wide_forward_s_bfloat16": med(f"attention_{WIDE_HEADS}x{WIDE_HEAD_DIM}", "bfloat16",
+                                                     "forward_s"),
             "errors": [r["error"] for r in limit_runs if "error" in r]}
 
 
@@ -402,16 +413,20 @@ def derived_limits(out: dict, limits: dict, case: dict) -> dict:
                              labelled=round(tokens * MASK_PROBABILITY), vocab=case["vocab"])
     d: dict = {"flops_forward": flops["total"], "flops_forward_attention": flops["attention"],
                "flops_train_step": 3 * flops["total"], "flops_infer_step": flops["total"] - flops["lm_head"]}
-    fb32, f32, f16 = (limits.get(k) for k in ("attention_forward_backward_s_float32", "attention_forward_s_float32",
-                                              "attention_forward_s_bfloat16"))
-    d["attention_floor_train_s"] = round(layers * fb32, 4) if fb32 else None  # float32: msenc trains it in float32
-    d["attention_floor_infer_s_float32"] = round(layers * f32, 4) if f32 else None
-    d["attention_floor_infer_s_bfloat16"] = round(layers * f16, 4) if f16 else None
-    for impl, precision in (("msenc", "float32"), ("msenc_bf16", "bfloat16"), ("msenc_bf16_mem08", "bfloat16")):
+    def floor(key: str) -> float | None:
+        return round(layers * limits[key], 4) if limits.get(key) else None
+
+    d["attention_floor_train_s"] = floor("attention_forward_backward_s_float32")  # msenc trains it in float32
+    d["attention_floor_infer_s_float32"] = floor("attention_forward_s_float32")
+    d["attention_floor_infer_s_bfloat16"] = floor("attention_forward_s_bfloat16")
+    d["attention_wide_floor_train_s"] = floor("attention_wide_forward_backward_s_float32")
+    d["attention_wide_floor_infer_s_bfloat16"] = floor("attention_wide_forward_s_bfloat16")
+    for impl, precision, wide in (("msenc", "float32", ""), ("msenc_bf16", "bfloat16", ""),
+                                  ("msenc_bf16_mem08", "bfloat16", ""), ("msenc_wide_bf16", "bfloat16", "_wide")):
         train, infer = out.get(f"{impl}_train_step_s"), out.get(f"{impl}_infer_step_s")
-        floor_infer = d[f"attention_floor_infer_s_{precision}"]
-        d[f"{impl}_attention_share_train"] = round(d["attention_floor_train_s"] / train, 3) if (
-            train and d["attention_floor_train_s"]) else None
+        floor_train = d[f"attention{wide}_floor_train_s"]
+        floor_infer = d.get(f"attention{wide}_floor_infer_s_{precision}")
+        d[f"{impl}_attention_share_train"] = round(floor_train / train, 3) if train and floor_train else None
         d[f"{impl}_attention_share_infer"] = round(floor_infer / infer, 3) if infer and floor_infer else None
         peak = limits.get(f"matmul_tflops_{precision}")
         d[f"{impl}_mfu_train"] = round(d["flops_train_step"] / train / (peak * 1e12), 4) if train and peak else None
@@ -443,7 +458,8 @@ HEADLINE_KEYS = (
     "msenc_bf16_mem08_train_peak_rss_sampled_mib",
     "mblm_flash_train_peak_rss_sampled_mib", "mblm_orig_train_peak_rss_sampled_mib",
     "peak_rss_ratio", "peak_rss_ratio_vs_orig", "bf16_peak_rss_ratio", "bf16_peak_rss_ratio_vs_orig",
-    "bf16_mem08_peak_rss_ratio",
+    "bf16_mem08_peak_rss_ratio", "msenc_wide_bf16_train_tokens_per_s", "wide_bf16_ratio", "wide_bf16_cpu_ratio",
+    "msenc_wide_bf16_infer_tokens_per_s", "wide_bf16_infer_ratio", "wide_bf16_infer_cpu_ratio",
     "msenc_peak_rss_mib", "msenc_bf16_peak_rss_mib", "mblm_flash_peak_rss_mib", "mblm_orig_peak_rss_mib",
     "msenc_infer_rss_over_build_mib", "mblm_flash_infer_rss_over_build_mib", "infer_rss_over_build_ratio",
     "msenc_train_first_step_s", "msenc_bf16_train_first_step_s", "limits")
@@ -528,6 +544,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-first", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--memory-budget", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--preset", choices=["seed", "seed_wide"], default="seed", help=argparse.SUPPRESS)
     p.add_argument("--seq-lens", type=lambda s: [int(x) for x in s.split(",")], help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -571,9 +588,9 @@ def worker_commands(a: argparse.Namespace, name: str, steps: int, warmup: int, s
                               str(PAD_ID), "--mask-id", str(MASK_ID), "--infer-return", "hidden", "--label", name,
                               *flags]
     if not a.no_limits:
-        commands["limits"] = [sys.executable, str(Path(ml.__file__).resolve()), "--heads",
-                              str(MODEL["num_attention_heads"][0]), "--seq", str(case["seq_lens"][0]), "--head-dim",
-                              str(MODEL["head_dim"]), "--threads", str(a.threads)]
+        commands["limits"] = [sys.executable, str(Path(ml.__file__).resolve()), "--shapes",
+                              f"{MODEL['num_attention_heads'][0]}x{MODEL['head_dim']},{WIDE_HEADS}x{WIDE_HEAD_DIM}",
+                              "--seq", str(case["seq_lens"][0]), "--threads", str(a.threads)]
     return commands
 
 
