@@ -44,8 +44,11 @@ Each implementation runs in its own subprocess: msenc in this interpreter (``--w
 reference venv (``benchmarks/setup_mblm_venv.sh``) through the reference driver ``mblm_bench.py`` (called, never
 copied; found at ``../shared/reference/`` beside the repository, or ``--reference``). The implementations take turns
 within each round, the order rotating round by round, under the same environment variables, so load on a shared
-machine hits all alike; each worker records the load average. The summary takes medians over rounds of each run's
-median step. Without the reference venv or driver, the mblm figures are null and ``mblm_unavailable`` says why.
+machine hits all alike; each worker records the load average. Absolute figures are medians over rounds of each run's
+median step; ratios, MFU and the attention share are computed within each round (``per_round``: runs minutes apart
+see similar load) and their medians reported; ``*cpu_ratio`` compares CPU seconds per step, which other load on the
+machine hardly changes. Without the reference venv or driver, the mblm figures are null and ``mblm_unavailable``
+says why.
 
 Environment (applied to all): ``--omp-wait-policy`` (default PASSIVE, msenc's own default; ``unset`` leaves
 libgomp's default, and msenc's worker then imports torch before msenc_lib so msenc's default does not apply),
@@ -335,16 +338,8 @@ def summarise_impl(impl: str, runs: list[dict]) -> dict:
     return out
 
 
-def _paired(runs: dict[str, list[dict]], a: str, b: str, phase: str) -> float | None:
-    """Median over rounds of a's tokens/s over b's in the same round."""
-    pairs = [_phase(x, phase, "tokens_per_s_median") / _phase(y, phase, "tokens_per_s_median")
-             for x, y in zip(runs.get(a, []), runs.get(b, []))
-             if _phase(x, phase, "tokens_per_s_median") and _phase(y, phase, "tokens_per_s_median")]
-    return _median(pairs)
-
-
 def summarise_limits(limit_runs: list[dict]) -> dict:
-    """Medians over rounds of the matmul peaks and the attention kernel's times."""
+    """The matmul peaks and the attention kernel's times (medians over the given rounds' measurements)."""
     ok = [r for r in limit_runs if "error" not in r]
 
     def med(*path: str) -> float | None:
@@ -356,6 +351,7 @@ def summarise_limits(limit_runs: list[dict]) -> dict:
             values.append(v)
         return _median(values, 6)
 
+    wide = f"attention_{WIDE_HEADS}x{WIDE_HEAD_DIM}"
     return {"matmul_tflops_float32": med("matmul", "float32", "tflops"),
             "matmul_tflops_bfloat16": med("matmul", "bfloat16", "tflops"),
             "attention_shape": ok[0]["attention"]["float32"]["shape"] if ok else None,
@@ -363,95 +359,117 @@ def summarise_limits(limit_runs: list[dict]) -> dict:
             "attention_forward_backward_s_float32": med("attention", "float32", "forward_backward_s"),
             "attention_forward_s_bfloat16": med("attention", "bfloat16", "forward_s"),
             "attention_forward_backward_s_bfloat16": med("attention", "bfloat16", "forward_backward_s"),
-            "attention_wide_forward_backward_s_float32": med(f"attention_{WIDE_HEADS}x{WIDE_HEAD_DIM}", "float32",
-                                                             "forward_backward_s"),
-            "attention_wide_forward_s_bfloat16": med(f"attention_{WIDE_HEADS}x{WIDE_HEAD_DIM}", "bfloat16",
-                                                     "forward_s"),
+            "attention_wide_forward_backward_s_float32": med(wide, "float32", "forward_backward_s"),
+            "attention_wide_forward_s_bfloat16": med(wide, "bfloat16", "forward_s"),
             "errors": [r["error"] for r in limit_runs if "error" in r]}
 
 
-def summarise_case(runs: dict[str, list[dict]], limits: dict, case: dict) -> dict:
-    """Per implementation and phase: medians, peaks; msenc / reference ratios (also paired by round) against the
-    reference at its best (the faster setting, per phase) and in the original's setting; the machine's limits and
-    what they allow."""
-    out: dict = {}
-    for impl in IMPLS:
-        if impl in runs:
-            out.update(summarise_impl(impl, runs[impl]))
-    for phase, prefix in (("train", ""), ("infer", "infer_")):
-        measured = {r: out.get(f"{r}_{phase}_tokens_per_s") for r in REFERENCES}
-        best = max((r for r in REFERENCES if measured[r]), key=lambda r: measured[r], default=None)
-        out[f"{prefix}reference_best"] = best
-        out[f"mblm_best_{phase}_tokens_per_s"] = measured.get(best) if best else None
-        out[f"mblm_best_{phase}_step_s"] = out.get(f"{best}_{phase}_step_s") if best else None
-        for name, msenc in MSENC_VARIANTS:
-            m = out.get(f"{msenc}_{phase}_tokens_per_s")
-            out[f"{name}{prefix}ratio"] = _ratio(m, measured.get(best)) if best else None
-            out[f"{name}{prefix}ratio_paired_median"] = _paired(runs, msenc, best, phase) if best else None
-            out[f"{name}{prefix}ratio_vs_orig"] = _ratio(m, measured.get("mblm_orig"))
-            # the same ratio from CPU seconds per step (reference / msenc): robust to other load on the machine
-            out[f"{name}{prefix}cpu_ratio"] = _ratio(out.get(f"{best}_{phase}_cpu_s_per_step") if best else None,
-                                                     out.get(f"{msenc}_{phase}_cpu_s_per_step"))
-    best_train = out["reference_best"]
-    for name, msenc in MSENC_VARIANTS:
-        out[f"{name}peak_rss_ratio"] = _ratio(out.get(f"{msenc}_train_peak_rss_sampled_mib"),
-                                              out.get(f"{best_train}_train_peak_rss_sampled_mib"))
-        out[f"{name}peak_rss_ratio_vs_orig"] = _ratio(out.get(f"{msenc}_train_peak_rss_sampled_mib"),
-                                                      out.get("mblm_orig_train_peak_rss_sampled_mib"))
-    out["infer_rss_over_build_ratio"] = _ratio(out.get("msenc_infer_rss_over_build_mib"),
-                                               out.get(f"{out['infer_reference_best']}_infer_rss_over_build_mib"))
-    out["limits"] = {**limits, **derived_limits(out, limits, case)}
-    return out
-
-
-def derived_limits(out: dict, limits: dict, case: dict) -> dict:
-    """The global stage's attention kernel x its layers (a floor under every implementation's step), msenc's share
-    in it, the best ratio that floor allows, and model FLOP utilisation against the measured matmul peaks."""
+def round_figures(runs: dict[str, dict], limits: dict, best: dict[str, str | None], case: dict) -> dict:
+    """One round's ratios and limits, from runs made minutes apart (load on a shared machine changes between rounds
+    more than within one): msenc / reference tokens/s and CPU seconds, the attention floor (the global stage's
+    kernel alone x its layers, under every implementation's step), msenc's share in it, model FLOP utilisation
+    against the round's measured matmul peak, and the ratio the floor allows if all else took no time."""
     layers = MODEL["num_layers"][0]
     tokens = math.prod(case["seq_lens"])
     flops = ml.forward_flops({"seq_lens": case["seq_lens"], **MODEL}, tokens,
                              labelled=round(tokens * MASK_PROBABILITY), vocab=case["vocab"])
-    d: dict = {"flops_forward": flops["total"], "flops_forward_attention": flops["attention"],
-               "flops_train_step": 3 * flops["total"], "flops_infer_step": flops["total"] - flops["lm_head"]}
+    train_flops, infer_flops = 3 * flops["total"], flops["total"] - flops["lm_head"]
+    row: dict = {"flops_train_step": train_flops, "flops_infer_step": infer_flops,
+                 "flops_forward_attention": flops["attention"]}
+
     def floor(key: str) -> float | None:
         return round(layers * limits[key], 4) if limits.get(key) else None
 
-    d["attention_floor_train_s"] = floor("attention_forward_backward_s_float32")  # msenc trains it in float32
-    d["attention_floor_infer_s_float32"] = floor("attention_forward_s_float32")
-    d["attention_floor_infer_s_bfloat16"] = floor("attention_forward_s_bfloat16")
-    d["attention_wide_floor_train_s"] = floor("attention_wide_forward_backward_s_float32")
-    d["attention_wide_floor_infer_s_bfloat16"] = floor("attention_wide_forward_s_bfloat16")
+    row["attention_floor_train_s"] = floor("attention_forward_backward_s_float32")  # msenc trains it in float32
+    row["attention_floor_infer_s_float32"] = floor("attention_forward_s_float32")
+    row["attention_floor_infer_s_bfloat16"] = floor("attention_forward_s_bfloat16")
+    row["attention_wide_floor_train_s"] = floor("attention_wide_forward_backward_s_float32")
+    row["attention_wide_floor_infer_s_bfloat16"] = floor("attention_wide_forward_s_bfloat16")
+    for phase, prefix in (("train", ""), ("infer", "infer_")):
+        ref = runs.get(best[phase]) if best[phase] else None
+        orig = runs.get("mblm_orig")
+        for name, msenc in MSENC_VARIANTS:
+            run = runs.get(msenc)
+            if run is None:
+                continue
+            mine = _phase(run, phase, "tokens_per_s_median")
+            row[f"{name}{prefix}ratio"] = _ratio(mine, ref and _phase(ref, phase, "tokens_per_s_median"))
+            row[f"{name}{prefix}ratio_vs_orig"] = _ratio(mine, orig and _phase(orig, phase, "tokens_per_s_median"))
+            row[f"{name}{prefix}cpu_ratio"] = _ratio(ref and _cpu_per_step(ref, phase), _cpu_per_step(run, phase))
     for impl, precision, wide in (("msenc", "float32", ""), ("msenc_bf16", "bfloat16", ""),
-                                  ("msenc_bf16_mem08", "bfloat16", ""), ("msenc_wide_bf16", "bfloat16", "_wide")):
-        train, infer = out.get(f"{impl}_train_step_s"), out.get(f"{impl}_infer_step_s")
-        floor_train = d[f"attention{wide}_floor_train_s"]
-        floor_infer = d.get(f"attention{wide}_floor_infer_s_{precision}")
-        d[f"{impl}_attention_share_train"] = round(floor_train / train, 3) if train and floor_train else None
-        d[f"{impl}_attention_share_infer"] = round(floor_infer / infer, 3) if infer and floor_infer else None
+                                  ("msenc_bf16_mem08", "bfloat16", ""), ("msenc_wide_bf16", "bfloat16", "_wide"),
+                                  ("mblm_flash", "float32", ""), ("mblm_orig", "float32", "")):
+        run = runs.get(impl)
+        if run is None:
+            continue
+        train, infer = _phase(run, "train", "step_s_median"), _phase(run, "infer", "step_s_median")
+        floor_train = row[f"attention{wide}_floor_train_s"]
+        floor_infer = row.get(f"attention{wide}_floor_infer_s_{precision}")
+        if impl.startswith("msenc"):
+            row[f"{impl}_attention_share_train"] = round(floor_train / train, 3) if train and floor_train else None
+            row[f"{impl}_attention_share_infer"] = round(floor_infer / infer, 3) if infer and floor_infer else None
         peak = limits.get(f"matmul_tflops_{precision}")
-        d[f"{impl}_mfu_train"] = round(d["flops_train_step"] / train / (peak * 1e12), 4) if train and peak else None
-        d[f"{impl}_mfu_infer"] = round(d["flops_infer_step"] / infer / (peak * 1e12), 4) if infer and peak else None
-    peak32 = limits.get("matmul_tflops_float32")
-    for ref in REFERENCES:
-        train, infer = out.get(f"{ref}_train_step_s"), out.get(f"{ref}_infer_step_s")
-        d[f"{ref}_mfu_train"] = round(d["flops_train_step"] / train / (peak32 * 1e12), 4) if train and peak32 else None
-        d[f"{ref}_mfu_infer"] = round(d["flops_infer_step"] / infer / (peak32 * 1e12), 4) if infer and peak32 else None
-    # if everything but the global attention kernel took no time: the best ratio against the reference at its best
-    best_train, best_infer = out.get("mblm_best_train_step_s"), out.get("mblm_best_infer_step_s")
-    d["max_train_ratio_at_attention_floor"] = _ratio(best_train, d["attention_floor_train_s"])
-    d["max_infer_ratio_at_attention_floor_float32"] = _ratio(best_infer, d["attention_floor_infer_s_float32"])
-    d["max_infer_ratio_at_attention_floor_bfloat16"] = _ratio(best_infer, d["attention_floor_infer_s_bfloat16"])
-    return d
+        row[f"{impl}_mfu_train"] = round(train_flops / train / (peak * 1e12), 4) if train and peak else None
+        row[f"{impl}_mfu_infer"] = round(infer_flops / infer / (peak * 1e12), 4) if infer and peak else None
+    ref_train = runs.get(best["train"]) if best["train"] else None
+    ref_infer = runs.get(best["infer"]) if best["infer"] else None
+    ref_train_s = ref_train and _phase(ref_train, "train", "step_s_median")
+    ref_infer_s = ref_infer and _phase(ref_infer, "infer", "step_s_median")
+    row["max_train_ratio_at_attention_floor"] = _ratio(ref_train_s, row["attention_floor_train_s"])
+    row["max_infer_ratio_at_attention_floor_float32"] = _ratio(ref_infer_s, row["attention_floor_infer_s_float32"])
+    row["max_infer_ratio_at_attention_floor_bfloat16"] = _ratio(ref_infer_s, row["attention_floor_infer_s_bfloat16"])
+    return row
+
+
+def summarise_case(runs: dict[str, list[dict]], limit_runs: list[dict], case: dict) -> dict:
+    """Per implementation and phase: medians over rounds and peaks; the reference at its best (the faster setting
+    per phase); the ratios, limits and MFU computed round by round (``per_round``) and their medians (the headline
+    figures; ``*_of_medians`` are the ratios of the medians)."""
+    out: dict = {}
+    for impl in IMPLS:
+        if impl in runs:
+            out.update(summarise_impl(impl, runs[impl]))
+    best = {}
+    for phase, prefix in (("train", ""), ("infer", "infer_")):
+        measured = {r: out.get(f"{r}_{phase}_tokens_per_s") for r in REFERENCES}
+        best[phase] = max((r for r in REFERENCES if measured[r]), key=lambda r: measured[r], default=None)
+        out[f"{prefix}reference_best"] = best[phase]
+        out[f"mblm_best_{phase}_tokens_per_s"] = measured.get(best[phase]) if best[phase] else None
+        for name, msenc in MSENC_VARIANTS:
+            out[f"{name}{prefix}ratio_of_medians"] = _ratio(out.get(f"{msenc}_{phase}_tokens_per_s"),
+                                                            out[f"mblm_best_{phase}_tokens_per_s"])
+    for name, msenc in MSENC_VARIANTS:  # memory: peaks are not load-sensitive, the largest of the rounds
+        out[f"{name}peak_rss_ratio"] = _ratio(out.get(f"{msenc}_train_peak_rss_sampled_mib"),
+                                              out.get(f"{best['train']}_train_peak_rss_sampled_mib"))
+        out[f"{name}peak_rss_ratio_vs_orig"] = _ratio(out.get(f"{msenc}_train_peak_rss_sampled_mib"),
+                                                      out.get("mblm_orig_train_peak_rss_sampled_mib"))
+    out["infer_rss_over_build_ratio"] = _ratio(out.get("msenc_infer_rss_over_build_mib"),
+                                               out.get(f"{best['infer']}_infer_rss_over_build_mib"))
+    rounds = sorted({r["round"] for impl_runs in runs.values() for r in impl_runs})
+    per_round = []
+    for r in rounds:
+        picked = {impl: x for impl, impl_runs in runs.items() for x in impl_runs if x["round"] == r}
+        limits = summarise_limits([x for x in limit_runs if x["round"] == r])
+        per_round.append({"round": r, "load_average": {i: x.get("load_average") for i, x in picked.items()},
+                          **round_figures(picked, limits, best, case)})
+    figures = {k for row in per_round for k in row if k not in ("round", "load_average")}
+    out.update({k: _median([row.get(k) for row in per_round], 4) for k in sorted(figures)})
+    for k in ("flops_train_step", "flops_infer_step", "flops_forward_attention"):
+        out[k] = per_round[0][k] if per_round else None  # exact integers, the same every round
+    out["limits"] = {**summarise_limits(limit_runs), **{k: out[k] for k in sorted(figures) if any(
+        m in k for m in ("floor", "mfu", "attention_share", "flops"))}}
+    out["per_round"] = per_round
+    return out
 
 
 HEADLINE_KEYS = (
     "reference_best", "infer_reference_best",
     "msenc_train_tokens_per_s", "mblm_best_train_tokens_per_s", "mblm_flash_train_tokens_per_s",
-    "mblm_orig_train_tokens_per_s", "ratio", "ratio_paired_median", "ratio_vs_orig",
+    "mblm_orig_train_tokens_per_s", "ratio", "ratio_of_medians", "ratio_vs_orig",
     "msenc_infer_tokens_per_s", "mblm_best_infer_tokens_per_s", "mblm_flash_infer_tokens_per_s",
-    "mblm_orig_infer_tokens_per_s", "infer_ratio", "infer_ratio_paired_median", "infer_ratio_vs_orig",
-    "msenc_bf16_train_tokens_per_s", "bf16_ratio", "bf16_ratio_paired_median", "bf16_ratio_vs_orig",
-    "msenc_bf16_infer_tokens_per_s", "bf16_infer_ratio", "bf16_infer_ratio_paired_median", "bf16_infer_ratio_vs_orig",
+    "mblm_orig_infer_tokens_per_s", "infer_ratio", "infer_ratio_of_medians", "infer_ratio_vs_orig",
+    "msenc_bf16_train_tokens_per_s", "bf16_ratio", "bf16_ratio_of_medians", "bf16_ratio_vs_orig",
+    "msenc_bf16_infer_tokens_per_s", "bf16_infer_ratio", "bf16_infer_ratio_of_medians", "bf16_infer_ratio_vs_orig",
     "cpu_ratio", "infer_cpu_ratio", "bf16_cpu_ratio", "bf16_infer_cpu_ratio",
     "msenc_bf16_mem08_train_tokens_per_s", "bf16_mem08_ratio", "bf16_mem08_cpu_ratio",
     "msenc_train_peak_rss_sampled_mib", "msenc_bf16_train_peak_rss_sampled_mib",
@@ -640,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{_train(result, 'peak_rss_sampled_mib')} MiB, load {result['load_average']}"
                        + (f" ERROR {result['error']}" if "error" in result else ""))
         limit_runs = runs.pop("limits", [])
-        summary = summarise_case(runs, summarise_limits(limit_runs), case)
+        summary = summarise_case(runs, limit_runs, case)
         summary.update(seq_lens=case["seq_lens"], vocab=case["vocab"], context_tokens=math.prod(case["seq_lens"]),
                        steps=steps, warmup=warmup, skipped=skipped,
                        load_average={i: [r["load_average"] for r in runs[i]] for i in runs})
