@@ -16,8 +16,8 @@ warm-up run (compilation); cycles/s = output rows / seconds.
 mblm at its best (``--use-flash-attn`` of the reference driver ``../shared/reference/mblm_bench.py``, the seed's
 sizes, inference mode, hidden states, float32): mblm has no padding mask, so a correct embedding runs each cycle alone at its own length
 (padded only to its 32-token patch); its forward pass is timed at ``--mblm-points`` lengths spread over the cycles'
-lengths (the driver's ``--seq-len``) and its time for the whole data is the sum over all cycles of the line fitted
-through those points. That counts mblm's forward passes only (no loading, pooling or output), which favours it.
+lengths (the driver's ``--seq-len``) and its time for the whole data is the sum over all cycles of the time
+interpolated between those points (in proportion to the length outside them). That counts mblm's forward passes only (no loading, pooling or output), which favours it.
 The two alternate round by round; medians over rounds.
 """
 
@@ -96,20 +96,22 @@ def mblm_points(lengths: list[int], points: int, context: int, patch: int) -> li
 
 
 def mblm_seconds_total(lengths: list[int], measured: dict[int, float], context: int, patch: int) -> float:
-    """mblm's time for every cycle alone (its chunks of ``context`` tokens, each padded to ``patch``) from the line
-    through the measured (padded length, seconds) points."""
-    xs, ys = list(measured), list(measured.values())
-    if len(xs) == 1:
-        slope, intercept = ys[0] / xs[0], 0.0
-    else:
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        intercept = my - slope * mx
+    """mblm's time for every cycle alone (its chunks of ``context`` tokens, each padded to ``patch``): interpolated
+    linearly between the measured (padded length, seconds) points, in proportion to the length beyond them."""
+    xs = sorted(measured)
+
+    def seconds(n: int) -> float:
+        if n <= xs[0] or n >= xs[-1]:
+            x = xs[0] if n <= xs[0] else xs[-1]
+            return measured[x] * n / x
+        hi = next(i for i, x in enumerate(xs) if x >= n)
+        x0, x1 = xs[hi - 1], xs[hi]
+        return measured[x0] + (measured[x1] - measured[x0]) * (n - x0) / (x1 - x0)
+
     total = 0.0
     for n in lengths:
         full, rest = divmod(n, context)
-        for piece in [context] * full + ([rest] if rest else []):
-            total += max(intercept + slope * -(-piece // patch) * patch, 0.0)
+        total += sum(seconds(-(-piece // patch) * patch) for piece in [context] * full + ([rest] if rest else []))
     return total
 
 

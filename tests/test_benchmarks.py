@@ -133,15 +133,17 @@ def test_embed_bench_quick(tmp_path):
 
 
 def test_embed_bench_models_mblm_per_cycle_time_from_timed_lengths():
-    """mblm runs each cycle alone: its time is the line through the timed (padded length, seconds) points summed
-    over every cycle's chunks."""
+    """mblm runs each cycle alone: its time is interpolated between the timed (padded length, seconds) points, in
+    proportion beyond them, and summed over every cycle's chunks."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import embed_bench
 
     assert embed_bench.mblm_points([10, 40, 70, 100, 5000], 2, 4096, 32) == [64, 128]
-    measured = {64: 0.1 + 64e-3, 128: 0.1 + 128e-3}  # 0.1 s + 1 ms per token
+    measured = {64: 0.2, 128: 0.3}
     total = embed_bench.mblm_seconds_total([64, 100, 4096 + 10], measured, 4096, 32)
-    assert total == pytest.approx((0.1 + 0.064) + (0.1 + 0.128) + (0.1 + 4.096) + (0.1 + 0.032))
+    # 64 -> 0.2; 100 pads to 128 -> 0.3; 4106 = a 4096-token chunk (0.3 x 4096 / 128) + 10 padded to 32 (0.2 / 2)
+    assert total == pytest.approx(0.2 + 0.3 + 0.3 * 32 + 0.1)
+    assert embed_bench.mblm_seconds_total([80], measured, 4096, 32) == pytest.approx(0.2 + 0.1 * 32 / 64)
 
 
 # ------------------------------------------------------------------------------------------- the GPU benchmark
