@@ -544,8 +544,8 @@ class FakeCluster:
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 raw = self.body()
                 body = json.loads(raw) if raw else None
-                auth = self.headers.get("Authorization", "")
-                user = fake.tokens.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
+                scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+                user = fake.tokens.get(token.strip()) if scheme.lower() == "bearer" else None  # case-insensitive
                 try:
                     if user is None:
                         raise ApiError(401, "Unauthorized", "Unauthorized")
@@ -643,7 +643,7 @@ class FakeCluster:
                 proc = self._processes.get((ns, name))
                 if proc is None:
                     raise ApiError(400, "BadRequest", f'container "pytorch" in pod "{name}" is waiting to start')
-                if query.get("follow") == "true":
+                if str(query.get("follow", "")).lower() in ("true", "1", "t"):  # Go ParseBool; the client sends "True"
                     return proc
                 text = proc.log.read_text(errors="replace")
             else:
