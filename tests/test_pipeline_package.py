@@ -278,3 +278,27 @@ def test_submit_from_the_cli():
                                                  "pipeline_root": "minio://mlpipeline/custom"}
         bad = msenc("pipeline", "submit", "--host", api.host, "--param", "nope=1")
         assert bad.returncode == 2 and "no parameter 'nope'" in bad.stderr
+
+
+def test_annotate_refuses_fields_the_result_lacks():
+    from pydantic import BaseModel
+
+    from msenc_lib.kfp_support import annotate
+
+    class Result(BaseModel):
+        n_rows: int
+        name: str
+        extra: dict | None = None
+        missing: int | None = None
+
+    class Artifact:
+        metadata: dict = {}
+
+    artifact = Artifact()
+    artifact.metadata = {}
+    annotate(artifact, Result(n_rows=3, name="x"), ("n_rows", "name", "missing"))
+    assert artifact.metadata == {"n_rows": 3, "name": "x"}  # None left out
+    with pytest.raises(AttributeError, match="Result has no field.*n_cells"):
+        annotate(artifact, Result(n_rows=3, name="x"), ("n_cells",))
+    with pytest.raises(TypeError, match="not a scalar"):
+        annotate(artifact, Result(n_rows=3, name="x", extra={"a": 1}), ("extra",))

@@ -650,3 +650,71 @@ def test_live_restricted_namespace_admits_the_launchers_pods_only(tmp_path, monk
         assert [p["metadata"]["name"] for p in fake.list("Pod", "team-a")] == ["msenc-ok-master-0"]
         assert any('pods "msenc-weak-master-0" is forbidden: violates PodSecurity "restricted:latest"' in e
                    for e in fake.events)
+
+
+# ------------------------------------------------------------------------------- acceptance: --render
+def test_cli_render_in_a_kfp_step_validates_and_carries_owner_labels_resources_security():
+    """`msenc launch pytorchjob --render` as a KFP step runs it (KFP_POD_NAME/KFP_POD_UID in its env)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KFP_POD_NAME": "msenc-run-abc-system-container-impl-1",
+           "KFP_POD_UID": "6c1d3f5e-2b7a-4e0c-9d8f-1a2b3c4d5e6f"}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    out = subprocess.run([sys.executable, "-m", "msenc_lib.cli", "launch", "pytorchjob", "--render", "--image", IMAGE,
+                          "--workers", "2", "--gpus-per-worker", "1", "--data-uri", "minio://mlpipeline/v2/a/split",
+                          "--output-uri", "minio://mlpipeline/v2/a/model", "--run-id", "run-7", "--step-name", "train"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = yaml.safe_load(out.stdout)
+    assert pytorchjob_errors(job) == []
+    assert job["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Pod", "controller": False,
+                                                   "name": env["KFP_POD_NAME"], "uid": env["KFP_POD_UID"]}]
+    assert job["metadata"]["labels"]["msenc/run-id"] == "run-7" and job["metadata"]["labels"]["msenc/step"] == "train"
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        pod_spec = spec["template"]["spec"]
+        assert restricted_violations(pod_spec) == []
+        res = pod_spec["containers"][0]["resources"]
+        assert set(res["requests"]) == {"cpu", "memory"} and set(res["limits"]) == {"cpu", "memory", "nvidia.com/gpu"}
+    assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] > 0
+    assert "minio" not in json.dumps(job["spec"])
+
+
+# --------------------------------------------------------------------------- the pipeline's train step
+def test_train_step_hands_the_job_s3_uris_for_a_minio_model_artifact(s3, tmp_path, monkeypatch):
+    """The backend=pytorchjob branch of the train step with KFP's minio:// artifact URIs: the config goes next
+    to the model artifact, the job gets s3:// URIs only, and the step reads the job's metrics from there."""
+    from msenc_lib.launch.step import run_train_step
+    from msenc_lib.train import TrainConfig
+
+    root = f"minio://{s3.bucket}/v2/artifacts/msenc/run-1"
+    s3.client().put_object(Bucket=s3.bucket, Key="v2/artifacts/msenc/run-1/train/model/metrics.jsonl",
+                           Body=b'{"step": 1, "loss": 4.0}\n{"step": 2, "loss": 3.5}\n{"step": 2, "eval_loss": 3.9}\n')
+    with FakeCluster(recorded_success("msenc-step"), master_log="step 2\n") as fake:
+        use_cluster(fake, tmp_path, monkeypatch)
+        result = run_train_step(
+            TrainConfig(preset="tiny", max_steps=2, progress=False), f"/minio/{s3.bucket}/v2/artifacts/msenc/run-1/split/subsets",
+            f"{root}/split/subsets", str(tmp_path / "minio-mirror" / "model"), f"{root}/train/model",
+            backend="pytorchjob", job=dict(image=IMAGE, workers=2, name="msenc-step", poll_interval=0.02, run_id="run-1",
+                                           step_name="train", node_selector="pool=gpu", tolerations="nvidia.com/gpu:NoSchedule",
+                                           namespace="", service_account=""),
+            echo=lambda line: None)
+    assert (result.backend, result.steps, result.final_loss, result.job_name) == ("pytorchjob", 2, 3.5, "msenc-step")
+    assert result.model_uri == f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/train/model"
+    (job,) = fake.created
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert command[3:9] == ["--data-dir", f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/split/subsets", "--output-dir",
+                            f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/train/model", "--config",
+                            f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/train/model-config/train_config.yaml"]
+    saved = TrainConfig.load(command[8], environ={})
+    assert (saved.preset, saved.max_steps) == ("tiny", 2)
+    spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"pool": "gpu"} and job["metadata"]["labels"]["msenc/run-id"] == "run-1"
+    assert not (tmp_path / "minio-mirror" / "model").exists()  # nothing for KFP's launcher to upload over it
+
+
+def test_train_step_refuses_unknown_backends_and_a_missing_job_image(tmp_path):
+    from msenc_lib.launch.step import run_train_step
+    from msenc_lib.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="backend must be one of local, pytorchjob"):
+        run_train_step(TrainConfig(), "a", "a", "b", "b", backend="slurm")
+    with pytest.raises(ConfigError, match="needs the image of the training pods"):
+        run_train_step(TrainConfig(), "a", "s3://b/a", "b", "s3://b/m", backend="pytorchjob", job={"image": ""})
