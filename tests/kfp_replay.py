@@ -25,10 +25,14 @@ backend/src/v2/driver and backend/src/v2/component/launcher_v2.go of kubeflow/pi
   local path (a missing path is skipped, as the launcher does).
 
 The step process's environment holds only what the pod gets: the image's env (PATH, HOME, ...), the IR's
-env, the resolved platform env, KFP's variables and the Kubernetes service variables. Two stand-ins for the
-pod's own filesystem, and only these: absolute pod paths (``/minio``, ``/s3``, ``/gcs``, ``/tmp/kfp*``, the
-service-account mount) live under a per-pod directory, which ``pod_root/sitecustomize.py`` (on the step's
-PYTHONPATH, with ``MSENC_REPLAY_POD_ROOT``) maps kfp's and the kubernetes client's constants to.
+env, the resolved platform env, KFP's variables and the Kubernetes service variables.
+
+Two ways to run a step: a **container** of the msenc image (``container=(docker client, image)``), with the
+pod's paths mounted where a pod has them (``/minio``, ``/s3``, ``/gcs``, ``/tmp/kfp``, ``/tmp/kfp_outputs``,
+the service-account mount) and the host's network (the loopback S3 server and API); or a local **process**
+in this Python environment, where those absolute paths live under a per-pod directory, which
+``pod_root/sitecustomize.py`` (on the step's PYTHONPATH, with ``MSENC_REPLAY_POD_ROOT``) maps kfp's and the
+kubernetes client's constants to — the only stand-in of the process mode.
 """
 
 from __future__ import annotations
@@ -105,7 +109,7 @@ class PipelineReplay:
 
     def __init__(self, package: str | Path, *, cluster: FakeCluster, namespace: str, service_account: str,
                  object_store, workdir: Path, pipeline_root: str = "minio://mlpipeline/v2/artifacts",
-                 timeout: float = 900):
+                 timeout: float = 900, container: tuple[Any, str] | None = None):
         docs = [d for d in yaml.safe_load_all(Path(package).read_text()) if d]
         self.spec = docs[0]
         self.platform = ((docs[1] if len(docs) > 1 else {}).get("platforms", {}).get("kubernetes", {})
@@ -115,6 +119,7 @@ class PipelineReplay:
         self.workdir = workdir
         self.pipeline_root = pipeline_root.rstrip("/")
         self.timeout = timeout
+        self.container = container  # (docker client, image) to run each step in the image
         self.cache: dict[str, TaskRun] = {}
         self._pods = 0
 
@@ -258,6 +263,11 @@ class PipelineReplay:
         pod_root = self.workdir / run.run_id[:8] / pod_name
         home = pod_root / "home"
         home.mkdir(parents=True)
+
+        def inside(path: str) -> str:
+            """An absolute path of the pod as the step sees it (the container has the real one)."""
+            return path if self.container else str(pod_root / path.lstrip("/"))
+
         try:
             env = resolve_env(pod["spec"]["containers"][0]["env"], self.namespace, self.cluster.secrets(self.namespace),
                               {"metadata.name": pod_name, "metadata.uid": uid, "metadata.namespace": self.namespace})
@@ -287,10 +297,10 @@ class PipelineReplay:
                 parameter_values={k: json_format.ParseDict(v, struct_pb2.Value()) for k, v in values.items()},
                 artifacts={k: runtime(a) for k, a in artifacts.items()}),
             outputs=pb.ExecutorInput.Outputs(
-                parameters={k: pb.ExecutorInput.OutputParameter(output_file=str(pod_root / "tmp/kfp/outputs" / k))
+                parameters={k: pb.ExecutorInput.OutputParameter(output_file=inside(f"/tmp/kfp/outputs/{k}"))
                             for k in outputs_def.get("parameters", {})},
                 artifacts={k: runtime(a) for k, a in out_artifacts.items()},
-                output_file=str(pod_root / "tmp/kfp_outputs/output_metadata.json")))
+                output_file=inside("/tmp/kfp_outputs/output_metadata.json")))
         executor_json = json_format.MessageToJson(executor_input, indent=None)
 
         # the launcher: inputs down, output folders, placeholders, the user command, outputs up
@@ -298,20 +308,26 @@ class PipelineReplay:
             self._download(a.uri, pod_root / local_path(a.uri).lstrip("/"))
         for a in out_artifacts.values():
             (pod_root / local_path(a.uri).lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-        (pod_root / "tmp/kfp/outputs").mkdir(parents=True, exist_ok=True)
-        (pod_root / "tmp/kfp_outputs").mkdir(parents=True, exist_ok=True)
+        for folder in ("minio", "s3", "gcs", "tmp/kfp/outputs", "tmp/kfp_outputs"):
+            (pod_root / folder).mkdir(parents=True, exist_ok=True)
         command = [a.replace("{{$}}", executor_json) for a in container["command"] + container.get("args", [])]
-        full_env = {**image_env(home), "KUBERNETES_SERVICE_HOST": env.pop("KUBERNETES_SERVICE_HOST"),
-                    "KUBERNETES_SERVICE_PORT": env.pop("KUBERNETES_SERVICE_PORT"), "HOSTNAME": pod_name, **env,
-                    "PYTHONPATH": str(POD_ROOT_SHIM), "MSENC_REPLAY_POD_ROOT": str(pod_root)}
-        result = TaskRun(name=name, executor=executor, pod=pod, env=full_env, executor_input=executor_json)
+        pod_env = {"KUBERNETES_SERVICE_HOST": env.pop("KUBERNETES_SERVICE_HOST"),
+                   "KUBERNETES_SERVICE_PORT": env.pop("KUBERNETES_SERVICE_PORT"), "HOSTNAME": pod_name, **env}
         try:
-            proc = subprocess.run(command, env=full_env, cwd=home, capture_output=True, text=True, timeout=self.timeout)
+            if self.container:
+                result = TaskRun(name=name, executor=executor, pod=pod, env=pod_env, executor_input=executor_json)
+                code, result.log = self._run_container(command, pod_env, pod_root)
+            else:
+                full_env = {**image_env(home), **pod_env, "PYTHONPATH": str(POD_ROOT_SHIM),
+                            "MSENC_REPLAY_POD_ROOT": str(pod_root)}
+                result = TaskRun(name=name, executor=executor, pod=pod, env=full_env, executor_input=executor_json)
+                proc = subprocess.run(command, env=full_env, cwd=home, capture_output=True, text=True,
+                                      timeout=self.timeout)
+                code, result.log = proc.returncode, proc.stdout + proc.stderr
         finally:
             self.cluster.delete_pod(self.namespace, pod_name)  # Argo's pod GC: dependents (a job) go with it
-        result.log = proc.stdout + proc.stderr
-        if proc.returncode != 0:
-            raise StepFailed(name, f"exit code {proc.returncode}", result.log)
+        if code != 0:
+            raise StepFailed(name, f"exit code {code}", result.log)
         output_file = pod_root / "tmp/kfp_outputs/output_metadata.json"
         executor_output = json.loads(output_file.read_text()) if output_file.exists() else {}
         for k in outputs_def.get("parameters", {}):
@@ -327,6 +343,23 @@ class PipelineReplay:
             self._upload(pod_root / local_path(a.uri).lstrip("/"), a.uri)
             result.artifacts[k] = a
         return result
+
+    def _run_container(self, command: list[str], env: dict[str, str], pod_root: Path) -> tuple[int, str]:
+        """The step in the msenc image (its own user, PATH and venv), the pod's folders mounted at their paths."""
+        client, image = self.container
+        for path in [pod_root, *pod_root.rglob("*")]:  # the image's non-root user writes the pod's folders
+            if path.is_dir():
+                path.chmod(0o777)
+        mounts = {str(pod_root / d): {"bind": f"/{d}", "mode": "rw"}
+                  for d in ("minio", "s3", "gcs", "tmp/kfp", "tmp/kfp_outputs")}
+        mounts[str(pod_root / SERVICE_ACCOUNT_PATH)] = {"bind": f"/{SERVICE_ACCOUNT_PATH}", "mode": "ro"}
+        box = client.containers.run(image, command, environment=env, volumes=mounts, network_mode="host",
+                                    detach=True)
+        try:
+            code = int(box.wait(timeout=self.timeout)["StatusCode"])
+            return code, box.logs().decode(errors="replace")
+        finally:
+            box.remove(force=True)
 
     # ------------------------------------------------------------------------ the launcher's object store
     def _bucket_key(self, uri: str) -> tuple[str, str]:

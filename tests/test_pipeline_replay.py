@@ -60,9 +60,11 @@ class Installation:
     def uri(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", *parts])
 
-    def replay(self, package: Path = COMMITTED_PACKAGE, root: str = "minio://mlpipeline/v2/artifacts") -> PipelineReplay:
+    def replay(self, package: Path = COMMITTED_PACKAGE, root: str = "minio://mlpipeline/v2/artifacts",
+               container=None) -> PipelineReplay:
         return PipelineReplay(package, cluster=self.cluster, namespace=PROFILE, service_account="default-editor",
-                              object_store=self.store, workdir=self.tmp / "pods", pipeline_root=root)
+                              object_store=self.store, workdir=self.tmp / "pods", pipeline_root=root,
+                              container=container)
 
     def keys(self, uri: str) -> list[str]:
         scheme, _, rest = uri.partition("://")
@@ -94,7 +96,7 @@ def assert_pod_hygiene(install: Installation, run, package: Path) -> None:
         if task.executor is None or task.cached:
             continue
         ir_env = {e["name"] for e in executors[task.executor]["container"].get("env", [])}
-        extra = set(task.env) - IMAGE_ENV - POD_ENV - STORAGE_ENV - ir_env - HARNESS_ENV
+        extra = set(task.env) - IMAGE_ENV - POD_ENV - STORAGE_ENV - ir_env - HARNESS_ENV  # (containers: no image env)
         assert not extra, (task.name, extra)
         assert task.env["AWS_SECRET_ACCESS_KEY"] == install.secret_value  # from the Secret, by the kubelet
         assert install.secret_value not in task.log and install.secret_value not in task.executor_input
@@ -222,3 +224,22 @@ def test_cache_reuses_steps_until_the_external_input_changes(kubeflow):
     assert not changed.tasks["data"].cached and not changed.tasks["split"].cached
     assert changed.tasks["data"].artifacts["unified"].metadata["n_cells"] == first.tasks["data"].artifacts[
         "unified"].metadata["n_cells"] - 1
+
+
+@pytest.mark.container
+def test_committed_package_runs_step_by_step_in_the_msenc_image(kubeflow, docker_api, msenc_image):
+    """The same replay with every step in the msenc image (built from these sources; it stands for the image
+    the package names, which no registry here serves): the non-root image user, the pod's real paths
+    (/minio, /tmp/kfp_outputs, the service-account mount), the package's command as the image runs it."""
+    install = kubeflow
+    exports = install.uri("exports")
+    run = install.replay(container=(docker_api.client, msenc_image)).run(
+        {**TINY, **JOB, "max_steps": 10, "export_uri": exports}, run_name="msenc-in-image")
+    model = run.tasks["train"].artifacts["model"]
+    assert model.metadata["backend"] == "pytorchjob" and model.metadata["steps"] == 10
+    assert {"config.json", "model.safetensors"} <= set(install.keys(model.uri))
+    (job,) = [j for j in install.cluster.created if j["metadata"]["name"] == model.metadata["job_name"]]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == run.tasks["train"].env["KFP_POD_UID"]
+    assert install.read(exports + "/LATEST").decode().strip() == "msenc-in-image"
+    assert b"<html" in install.read(run.outputs["Output"].uri)[:2000].lower()
+    assert_pod_hygiene(install, run, COMMITTED_PACKAGE)
