@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from fakes.kfp_api import FakeKfpApi
 from msenc_components import DEFAULT_IMAGE, DEFAULT_JOB_IMAGE

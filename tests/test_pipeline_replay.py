@@ -201,17 +201,16 @@ def test_a_missing_secret_stops_the_steps_as_on_a_cluster(kubeflow):
         install.replay().run(TINY)
 
 
-def test_cache_reuses_steps_until_the_external_input_changes(kubeflow):
+def test_cache_reuses_steps_until_the_external_input_changes(kubeflow, tmp_path):
     """KFP's cache: unchanged inputs reuse data/preprocess/split; changed content behind the same
     data_source_uri runs them again (the fingerprint step keys the cache)."""
+    from msenc_lib.data.synthetic import GenerateDataConfig, run_generate_data
+
     install = kubeflow
-    install.store.put_object(Bucket=install.bucket, Key="raw/placeholder", Body=b"")
-    seed = install.replay().run({**TINY, "max_steps": 2}, run_name="seed")
-    unified = seed.tasks["data"].artifacts["unified"].uri
-    install.store.delete_object(Bucket=install.bucket, Key="raw/placeholder")
-    for key in install.keys(unified):
-        install.store.copy_object(Bucket=install.bucket, Key=f"raw/{key}",
-                                  CopySource={"Bucket": "mlpipeline", "Key": unified.split("mlpipeline/", 1)[1] + "/" + key})
+    run_generate_data(GenerateDataConfig(size="tiny", progress=False), str(tmp_path / "raw"))
+    for path in sorted((tmp_path / "raw").rglob("*")):
+        if path.is_file():
+            install.store.upload_file(str(path), install.bucket, f"raw/{path.relative_to(tmp_path / 'raw').as_posix()}")
     replay = install.replay()
     args = {**TINY, "max_steps": 2, "data_source_uri": install.uri("raw")}
     first, again = replay.run(args), replay.run(args)

@@ -580,7 +580,6 @@ def register(subparsers) -> None:
 
 def _cli_run(args) -> LaunchResult | None:
     from msenc_lib import cli
-    from msenc_lib.launch.base import parse_key_value
 
     cfg = cli.config_from_args(PyTorchJobConfig, args)
     updates: dict[str, Any] = {}
