@@ -14,11 +14,13 @@ compiled layers at long contexts, pooling, targets, the Parquet output), ``--rep
 warm-up run (compilation); cycles/s = output rows / seconds.
 
 mblm at its best (``--use-flash-attn`` of the reference driver ``../shared/reference/mblm_bench.py``, the seed's
-sizes, inference mode, hidden states, float32): mblm has no padding mask, so a correct embedding runs each cycle alone at its own length
-(padded only to its 32-token patch); its forward pass is timed at ``--mblm-points`` lengths spread over the cycles'
-lengths (the driver's ``--seq-len``) and its time for the whole data is the sum over all cycles of the time
-interpolated between those points (in proportion to the length outside them). That counts mblm's forward passes only (no loading, pooling or output), which favours it.
-The two alternate round by round; medians over rounds.
+sizes, inference mode, hidden states, float32): mblm has no padding mask, so a correct embedding runs each cycle
+alone at its own length (padded only to its 32-token patch); its forward pass is timed at ``--mblm-points`` lengths
+spread over the cycles' lengths (the driver's ``--seq-len``) and its time for the whole data is the sum over all
+cycles of the time interpolated between those points (in proportion to the length outside them). That counts mblm's
+forward passes only (no loading, pooling or output), which favours it. The two alternate round by round; medians
+over rounds. ``ratio`` compares wall time, ``cpu_ratio`` CPU seconds (user + system, all threads), which other jobs
+on a shared machine hardly change.
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ def prepare(root: Path, size: str, preset: str, n_cells: int | None, last_cycle:
 def msenc_run(root: Path, a: argparse.Namespace, i: int) -> dict:
     from msenc_lib.embed import EmbedConfig, run_embed
 
+    usage = bc.CpuUsage()
     t0 = time.perf_counter()
     result = run_embed(EmbedConfig(progress=False, device="cpu", batch_tokens=a.batch_tokens),
                        str(root / "sequences"), str(root / "model"), str(root / "unified"), str(root / f"emb_{i}"))
     seconds = time.perf_counter() - t0
-    return {"seconds": round(seconds, 4), "cycles": result.n_rows, "tokens": result.n_tokens, "chunks": result.n_chunks,
+    cpu = usage.per_step(1)
+    cpu_seconds = cpu["cpu_user_s_per_step"] + cpu["cpu_sys_s_per_step"]
+    return {"seconds": round(seconds, 4), "cpu_seconds": round(cpu_seconds, 3), "cycles": result.n_rows, "tokens": result.n_tokens, "chunks": result.n_chunks,
             "cycles_per_s": round(result.n_rows / seconds, 2), "tokens_per_s": round(result.n_tokens / seconds, 1),
             "precision": result.precision, "compiled": result.compiled}
 
@@ -117,7 +122,7 @@ def mblm_seconds_total(lengths: list[int], measured: dict[int, float], context: 
 
 def mblm_run(a: argparse.Namespace, setup: dict, points: list[int]) -> dict:
     """The reference driver at each point length: median forward seconds per cycle-length."""
-    measured, records = {}, []
+    measured, measured_cpu, records = {}, {}, []
     for length in points:
         cmd = [a.mblm_python, str(a.reference), "--seq-lens", ",".join(map(str, setup["seq_lens"])),
                "--hidden-dims", "256,64,64", "--num-layers", "8,4,2", "--heads", "32,16,4", "--head-dim", "8",
@@ -130,11 +135,15 @@ def mblm_run(a: argparse.Namespace, setup: dict, points: list[int]) -> dict:
         if proc.returncode != 0 or not lines:
             return {"error": f"reference driver at --seq-len {length}: exit code {proc.returncode}"}
         infer = json.loads(lines[-1])["infer"]
+        usage = infer["timed_steps_rusage"]
         measured[length] = infer["step_s_median"]
-        records.append({"seq_len": length, "step_s_median": infer["step_s_median"], "step_s": infer["step_s"]})
+        measured_cpu[length] = (usage["cpu_user_s"] + usage["cpu_sys_s"]) / len(infer["step_s"])
+        records.append({"seq_len": length, "step_s_median": infer["step_s_median"], "step_s": infer["step_s"],
+                        "cpu_s_per_step": round(measured_cpu[length], 4)})
     patch = math.prod(setup["seq_lens"][1:])
     seconds = mblm_seconds_total(setup["lengths"], measured, setup["context_tokens"], patch)
-    return {"points": records, "seconds_forward_only": round(seconds, 4),
+    cpu = mblm_seconds_total(setup["lengths"], measured_cpu, setup["context_tokens"], patch)
+    return {"points": records, "seconds_forward_only": round(seconds, 4), "cpu_seconds_forward_only": round(cpu, 3),
             "cycles_per_s": round(len(setup["lengths"]) / seconds, 2),
             "tokens_per_s": round(sum(setup["lengths"]) / seconds, 1)}
 
@@ -212,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     report["ratio"] = round(report["cycles_per_s"] / report["mblm_cycles_per_s"], 3) if ok else None
     paired = [m["cycles_per_s"] / b["cycles_per_s"] for m, b in zip(msenc_runs, mblm_runs) if "error" not in b]
     report["ratio_paired_median"] = round(statistics.median(paired), 3) if paired else None
+    cpu_paired = [b["cpu_seconds_forward_only"] / m["cpu_seconds"] for m, b in zip(msenc_runs, mblm_runs)
+                  if "error" not in b and m["cpu_seconds"] > 0]
+    report["cpu_ratio"] = round(statistics.median(cpu_paired), 3) if cpu_paired else None
     report["mblm_errors"] = [r["error"] for r in mblm_runs if "error" in r]
     report["machine_at_end"] = bc.machine()
     bc.write_json(a.output, report)
     bc.log(NAME, f"wrote {a.output}: msenc {report['cycles_per_s']} cycles/s ({report['precision']}), mblm at its best "
-           f"{report['mblm_cycles_per_s']} cycles/s, ratio {report['ratio']}")
+           f"{report['mblm_cycles_per_s']} cycles/s, ratio {report['ratio']} (CPU seconds: {report['cpu_ratio']})")
     return 1 if report["mblm_errors"] else 0
 
 

@@ -25,32 +25,44 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _median_time(fn, device: str, repeat: int, warmup: int = 1) -> float:
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _median_time(fn, device: str, repeat: int, warmup: int = 1) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (all threads: on a shared machine, little changed by other load)
+    of ``fn``."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_seconds(), time.perf_counter()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu_seconds() - c0)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def matmul_tflops(dtype_name: str, n: int, device: str = "cpu", repeat: int = 5) -> dict:
-    """Dense ``n x n @ n x n`` throughput (TFLOP/s, median of ``repeat``)."""
+    """Dense ``n x n @ n x n`` throughput: TFLOP/s of wall time and (CPU) per CPU-second, medians of ``repeat``."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    seconds = _median_time(lambda: a @ b, device, repeat)
-    return {"dtype": dtype_name, "n": n, "seconds": round(seconds, 6), "tflops": round(2 * n**3 / seconds / 1e12, 4)}
+    seconds, cpu = _median_time(lambda: a @ b, device, repeat)
+    return {"dtype": dtype_name, "n": n, "seconds": round(seconds, 6), "tflops": round(2 * n**3 / seconds / 1e12, 4),
+            "cpu_seconds": round(cpu, 6), "tflops_per_cpu_s": round(2 * n**3 / cpu / 1e12, 4) if cpu > 0 else None}
 
 
 def attention_kernel(heads: int, seq: int, head_dim: int, dtype_name: str, device: str = "cpu", repeat: int = 3,
                      backward: bool = True) -> dict:
-    """``scaled_dot_product_attention`` alone on (1, heads, seq, head_dim): forward and forward+backward seconds."""
+    """``scaled_dot_product_attention`` alone on (1, heads, seq, head_dim): forward and forward+backward, wall and
+    CPU seconds."""
     import torch
     import torch.nn.functional as F
 
@@ -59,16 +71,17 @@ def attention_kernel(heads: int, seq: int, head_dim: int, dtype_name: str, devic
                for _ in range(3))
     grad = torch.randn_like(q)
     with torch.no_grad():
-        forward = _median_time(lambda: F.scaled_dot_product_attention(q, k, v), device, repeat)
+        forward, forward_cpu = _median_time(lambda: F.scaled_dot_product_attention(q, k, v), device, repeat)
     out = {"shape": [1, heads, seq, head_dim], "dtype": dtype_name, "forward_s": round(forward, 6),
-           "flops_forward": 4 * heads * seq * seq * head_dim}
+           "forward_cpu_s": round(forward_cpu, 6), "flops_forward": 4 * heads * seq * seq * head_dim}
     if backward:
         def step():
             F.scaled_dot_product_attention(q, k, v).backward(grad)
             q.grad = k.grad = v.grad = None
 
-        both = _median_time(step, device, repeat)
-        out.update(forward_backward_s=round(both, 6), backward_s=round(both - forward, 6))
+        both, both_cpu = _median_time(step, device, repeat)
+        out.update(forward_backward_s=round(both, 6), backward_s=round(both - forward, 6),
+                   forward_backward_cpu_s=round(both_cpu, 6))
     return out
 
 

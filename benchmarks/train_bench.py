@@ -19,9 +19,10 @@ Implementations (``--impls``), each a fresh subprocess per round:
   mblm_flash  mblm 0.4.0 with ``use_flash_attn=True`` (its SDPA path): the reference at its best
   mblm_orig   mblm 0.4.0 with ``use_flash_attn=False``, as the original workflow configured it (full 2,048 x 2,048
               attention matrices)
-The headline ``ratio`` / ``infer_ratio`` / ``peak_rss_ratio`` compare msenc with the faster reference setting at the
-same precision (float32); ``*_vs_orig`` the original's setting; ``bf16_*`` msenc's bf16 default with the float32
-reference.
+The ``headline`` compares msenc with the faster reference setting at the same precision (float32) by CPU seconds
+per step (``cpu_ratio``, ``infer_cpu_ratio``; wall clock ``ratio`` / ``infer_ratio`` beside) and peak RSS
+(``peak_rss_ratio``); ``*_vs_orig`` compare with the original's setting; ``bf16_*`` msenc's bf16 default with the
+float32 reference.
 
 One training step, for every implementation: ``zero_grad``, forward with the loss, backward, gradient clipping at
 1.0, ``AdamW(lr=1e-3, weight_decay=0.01)`` step (msenc: fused, as its trainer); batch 1, the seed model's stage
@@ -354,6 +355,13 @@ def summarise_limits(limit_runs: list[dict]) -> dict:
     wide = f"attention_{WIDE_HEADS}x{WIDE_HEAD_DIM}"
     return {"matmul_tflops_float32": med("matmul", "float32", "tflops"),
             "matmul_tflops_bfloat16": med("matmul", "bfloat16", "tflops"),
+            "matmul_tflops_per_cpu_s_float32": med("matmul", "float32", "tflops_per_cpu_s"),
+            "matmul_tflops_per_cpu_s_bfloat16": med("matmul", "bfloat16", "tflops_per_cpu_s"),
+            "attention_forward_cpu_s_float32": med("attention", "float32", "forward_cpu_s"),
+            "attention_forward_backward_cpu_s_float32": med("attention", "float32", "forward_backward_cpu_s"),
+            "attention_forward_cpu_s_bfloat16": med("attention", "bfloat16", "forward_cpu_s"),
+            "attention_wide_forward_backward_cpu_s_float32": med(wide, "float32", "forward_backward_cpu_s"),
+            "attention_wide_forward_cpu_s_bfloat16": med(wide, "bfloat16", "forward_cpu_s"),
             "attention_shape": ok[0]["attention"]["float32"]["shape"] if ok else None,
             "attention_forward_s_float32": med("attention", "float32", "forward_s"),
             "attention_forward_backward_s_float32": med("attention", "float32", "forward_backward_s"),
@@ -365,10 +373,10 @@ def summarise_limits(limit_runs: list[dict]) -> dict:
 
 
 def round_figures(runs: dict[str, dict], limits: dict, best: dict[str, str | None], case: dict) -> dict:
-    """One round's ratios and limits, from runs made minutes apart (load on a shared machine changes between rounds
-    more than within one): msenc / reference tokens/s and CPU seconds, the attention floor (the global stage's
-    kernel alone x its layers, under every implementation's step), msenc's share in it, model FLOP utilisation
-    against the round's measured matmul peak, and the ratio the floor allows if all else took no time."""
+    """One round's ratios and limits: msenc / reference tokens/s (wall clock) and CPU seconds per step; the attention
+    floor (the global stage's kernel alone x its layers, under every implementation's step), msenc's share in it,
+    model FLOP utilisation (FLOPs per CPU-second against the dense matmul's) and the ratio the floor allows if all else
+    took no time, these three from CPU seconds so that other load on a shared machine hardly moves them."""
     layers = MODEL["num_layers"][0]
     tokens = math.prod(case["seq_lens"])
     flops = ml.forward_flops({"seq_lens": case["seq_lens"], **MODEL}, tokens,
@@ -380,11 +388,14 @@ def round_figures(runs: dict[str, dict], limits: dict, best: dict[str, str | Non
     def floor(key: str) -> float | None:
         return round(layers * limits[key], 4) if limits.get(key) else None
 
-    row["attention_floor_train_s"] = floor("attention_forward_backward_s_float32")  # msenc trains it in float32
-    row["attention_floor_infer_s_float32"] = floor("attention_forward_s_float32")
-    row["attention_floor_infer_s_bfloat16"] = floor("attention_forward_s_bfloat16")
-    row["attention_wide_floor_train_s"] = floor("attention_wide_forward_backward_s_float32")
-    row["attention_wide_floor_infer_s_bfloat16"] = floor("attention_wide_forward_s_bfloat16")
+    # the floors in wall seconds (what the kernel took in this round) and in CPU seconds (what the shares, the MFU
+    # and the allowed ratio use: other load on the machine hardly changes them)
+    for unit, mark in (("", ""), ("cpu_", "cpu_")):
+        row[f"attention_floor_train_{unit}s"] = floor(f"attention_forward_backward_{mark}s_float32")  # trained in fp32
+        row[f"attention_floor_infer_{unit}s_float32"] = floor(f"attention_forward_{mark}s_float32")
+        row[f"attention_floor_infer_{unit}s_bfloat16"] = floor(f"attention_forward_{mark}s_bfloat16")
+        row[f"attention_wide_floor_train_{unit}s"] = floor(f"attention_wide_forward_backward_{mark}s_float32")
+        row[f"attention_wide_floor_infer_{unit}s_bfloat16"] = floor(f"attention_wide_forward_{mark}s_bfloat16")
     for phase, prefix in (("train", ""), ("infer", "infer_")):
         ref = runs.get(best[phase]) if best[phase] else None
         orig = runs.get("mblm_orig")
@@ -396,28 +407,32 @@ def round_figures(runs: dict[str, dict], limits: dict, best: dict[str, str | Non
             row[f"{name}{prefix}ratio"] = _ratio(mine, ref and _phase(ref, phase, "tokens_per_s_median"))
             row[f"{name}{prefix}ratio_vs_orig"] = _ratio(mine, orig and _phase(orig, phase, "tokens_per_s_median"))
             row[f"{name}{prefix}cpu_ratio"] = _ratio(ref and _cpu_per_step(ref, phase), _cpu_per_step(run, phase))
+            row[f"{name}{prefix}cpu_ratio_vs_orig"] = _ratio(orig and _cpu_per_step(orig, phase),
+                                                             _cpu_per_step(run, phase))
     for impl, precision, wide in (("msenc", "float32", ""), ("msenc_bf16", "bfloat16", ""),
                                   ("msenc_bf16_mem08", "bfloat16", ""), ("msenc_wide_bf16", "bfloat16", "_wide"),
                                   ("mblm_flash", "float32", ""), ("mblm_orig", "float32", "")):
         run = runs.get(impl)
         if run is None:
             continue
-        train, infer = _phase(run, "train", "step_s_median"), _phase(run, "infer", "step_s_median")
-        floor_train = row[f"attention{wide}_floor_train_s"]
-        floor_infer = row.get(f"attention{wide}_floor_infer_s_{precision}")
+        train, infer = _cpu_per_step(run, "train"), _cpu_per_step(run, "infer")
+        floor_train = row[f"attention{wide}_floor_train_cpu_s"]
+        floor_infer = row.get(f"attention{wide}_floor_infer_cpu_s_{precision}")
         if impl.startswith("msenc"):
             row[f"{impl}_attention_share_train"] = round(floor_train / train, 3) if train and floor_train else None
             row[f"{impl}_attention_share_infer"] = round(floor_infer / infer, 3) if infer and floor_infer else None
-        peak = limits.get(f"matmul_tflops_{precision}")
+        peak = limits.get(f"matmul_tflops_per_cpu_s_{precision}")  # FLOPs per CPU-second of the dense matmul
         row[f"{impl}_mfu_train"] = round(train_flops / train / (peak * 1e12), 4) if train and peak else None
         row[f"{impl}_mfu_infer"] = round(infer_flops / infer / (peak * 1e12), 4) if infer and peak else None
     ref_train = runs.get(best["train"]) if best["train"] else None
     ref_infer = runs.get(best["infer"]) if best["infer"] else None
-    ref_train_s = ref_train and _phase(ref_train, "train", "step_s_median")
-    ref_infer_s = ref_infer and _phase(ref_infer, "infer", "step_s_median")
-    row["max_train_ratio_at_attention_floor"] = _ratio(ref_train_s, row["attention_floor_train_s"])
-    row["max_infer_ratio_at_attention_floor_float32"] = _ratio(ref_infer_s, row["attention_floor_infer_s_float32"])
-    row["max_infer_ratio_at_attention_floor_bfloat16"] = _ratio(ref_infer_s, row["attention_floor_infer_s_bfloat16"])
+    ref_train_cpu = ref_train and _cpu_per_step(ref_train, "train")
+    ref_infer_cpu = ref_infer and _cpu_per_step(ref_infer, "infer")
+    row["max_train_ratio_at_attention_floor"] = _ratio(ref_train_cpu, row["attention_floor_train_cpu_s"])
+    row["max_infer_ratio_at_attention_floor_float32"] = _ratio(ref_infer_cpu,
+                                                               row["attention_floor_infer_cpu_s_float32"])
+    row["max_infer_ratio_at_attention_floor_bfloat16"] = _ratio(ref_infer_cpu,
+                                                                row["attention_floor_infer_cpu_s_bfloat16"])
     return row
 
 
@@ -470,7 +485,8 @@ HEADLINE_KEYS = (
     "mblm_orig_infer_tokens_per_s", "infer_ratio", "infer_ratio_of_medians", "infer_ratio_vs_orig",
     "msenc_bf16_train_tokens_per_s", "bf16_ratio", "bf16_ratio_of_medians", "bf16_ratio_vs_orig",
     "msenc_bf16_infer_tokens_per_s", "bf16_infer_ratio", "bf16_infer_ratio_of_medians", "bf16_infer_ratio_vs_orig",
-    "cpu_ratio", "infer_cpu_ratio", "bf16_cpu_ratio", "bf16_infer_cpu_ratio",
+    "cpu_ratio", "infer_cpu_ratio", "bf16_cpu_ratio", "bf16_infer_cpu_ratio", "cpu_ratio_vs_orig",
+    "infer_cpu_ratio_vs_orig",
     "msenc_bf16_mem08_train_tokens_per_s", "bf16_mem08_ratio", "bf16_mem08_cpu_ratio",
     "msenc_train_peak_rss_sampled_mib", "msenc_bf16_train_peak_rss_sampled_mib",
     "msenc_bf16_mem08_train_peak_rss_sampled_mib",
@@ -503,6 +519,21 @@ def headline(report: dict, mode: str) -> dict:
     report["headline_case"] = name
     for key in HEADLINE_KEYS:
         report[key] = head.get(key)
+    report["headline"] = {
+        "case": name, "reference": head.get("reference_best"), "precision": "float32, both",
+        "basis": "CPU seconds per step (user + system, all threads) of the reference over msenc's, medians over "
+                 "rounds: other jobs on a shared machine stretch each run's wall time differently, the CPU time of "
+                 "the same work hardly; *_wall_clock: median over rounds of the same round's tokens/s ratio",
+        "train_ratio": head.get("cpu_ratio"), "infer_ratio": head.get("infer_cpu_ratio"),
+        "memory_ratio": head.get("peak_rss_ratio"),
+        "train_ratio_wall_clock": head.get("ratio"), "infer_ratio_wall_clock": head.get("infer_ratio"),
+        "msenc_bf16_default": {"train_ratio": head.get("bf16_cpu_ratio"),
+                               "infer_ratio": head.get("bf16_infer_cpu_ratio"),
+                               "memory_ratio": head.get("bf16_peak_rss_ratio")},
+        "vs_original_setting": {"train_ratio": head.get("cpu_ratio_vs_orig"),
+                                "infer_ratio": head.get("infer_cpu_ratio_vs_orig"),
+                                "memory_ratio": head.get("peak_rss_ratio_vs_orig")},
+        "load_average": head.get("load_average")}
     pair = scaling_pair(list(cases))
     report["step_time_ratio_cases"] = list(pair) if pair else None
     report["step_time_ratio_contexts"] = [math.prod(CASES[c]["seq_lens"]) for c in pair] if pair else None
@@ -538,7 +569,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--list-cases", action="store_true", help="print the plan (cases, steps, rounds) as JSON and exit")
     p.add_argument("--phases", default="infer,train",
                    help="comma list of infer,train for all implementations, in order (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of all implementations per case (default 2; "
+    p.add_argument("--rounds", type=int, default=None, help="rounds of all implementations per case (default 3; "
                    "1 quick)")
     p.add_argument("--steps", type=int, default=0, help="timed steps per run and phase (0 = the case's default)")
     p.add_argument("--warmup", type=int, default=-1, help="untimed steps per run and phase (-1 = the case's default)")
@@ -579,7 +610,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.no_mblm:
         a.impls = [i for i in a.impls if IMPLS[i][0] == "msenc"]
     if a.rounds is None:
-        a.rounds = 1 if a.quick else 2
+        a.rounds = 1 if a.quick else 3
     a.phases = [s.strip() for s in a.phases.split(",") if s.strip()]
     if not a.phases or any(s not in PHASES for s in a.phases):
         p.error(f"--phases: a comma list of {list(PHASES)}")
@@ -667,9 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         bc.write_json(a.output, headline(report, a.mode))  # after every case: a long run leaves partial results
     report["machine_at_end"] = bc.machine()
     bc.write_json(a.output, headline(report, a.mode))
-    bc.log(NAME, f"wrote {a.output}: " + json.dumps({k: report.get(k) for k in (
-        "headline_case", "reference_best", "ratio", "infer_ratio", "peak_rss_ratio", "ratio_vs_orig", "bf16_ratio",
-        "bf16_infer_ratio", "bf16_peak_rss_ratio")}))
+    bc.log(NAME, f"wrote {a.output}: " + json.dumps({k: v for k, v in report["headline"].items()
+                                                     if k not in ("basis", "load_average")}))
     failed = any(s.get(f"{i}_errors") for s in report["cases"].values() for i in IMPLS if IMPLS[i][0] == "msenc")
     return 1 if failed else 0
 
