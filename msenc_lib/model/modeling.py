@@ -77,8 +77,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
               dropout: float = 0.0) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (N, H, S, D), keys masked where ``key_mask`` (N, S) is False."""
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    explicit = q.shape[-2] <= EXPLICIT_ATTENTION_MAX_LEN and (torch.compiler.is_compiling() or torch.is_grad_enabled())
-    if not explicit:
+    compiling = torch.compiler.is_compiling()
+    if q.shape[-2] > EXPLICIT_ATTENTION_MAX_LEN or not (compiling or torch.is_grad_enabled()):
         if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
             # the CPU flash kernel's bf16 backward measured 3.6x slower than its float32 one: train it in float32
             with torch.autocast("cpu", enabled=False):
@@ -86,7 +86,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
             return y.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     q = q * q.shape[-1] ** -0.5
-    compiling = torch.compiler.is_compiling()
     # compiled, products summed over the last axis become loops fused with the softmax (5% faster than bmm there)
     scores = (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) if compiling else q @ k.transpose(-1, -2)
     if mask is not None:

@@ -45,8 +45,8 @@ def _optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and norm weights
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel per parameter instead of ~10 (foreach): each kernel is an OpenMP region, and waking the
-    # threads of ~1,400 small regions per step cost 0.1-0.4 s at the seed config on 2 cores
+    # fused: one kernel per parameter instead of ~10 (foreach): each kernel is an OpenMP region whose sleeping
+    # threads must wake; clipping + step measured a median 0.12 s fused vs 0.26 s foreach at the seed config
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              eps=cfg.adam_epsilon, fused=fused)
