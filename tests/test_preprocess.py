@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from msenc_lib import preprocess_input
+from msenc_lib.preprocess import scan as preprocess_input
 from msenc_lib.cli import main as cli_main
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.preprocess import PreprocessConfig, read_sequences, run_preprocess

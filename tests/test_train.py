@@ -55,7 +55,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def last_weights(output: str) -> dict[str, torch.Tensor]:
     """The weights after the last step (the final checkpoint's model), not the best-by-eval ones."""
-    from msenc_lib.training.checkpoint import latest_checkpoint, load_checkpoint
+    from msenc_lib.train.checkpoint import latest_checkpoint, load_checkpoint
 
     state, _ = load_checkpoint(latest_checkpoint(output))
     return state["model"]
@@ -72,7 +72,7 @@ def without_timing(rows: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------ windows
 def test_windows_start_at_time_step_boundaries_deterministically(split_dir):
     from msenc_lib.model.masking import MaskingSpec
-    from msenc_lib.training.data import WindowDataset, read_sequences
+    from msenc_lib.train.data import WindowDataset, read_sequences
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(split_dir / "tokenizer"))
@@ -367,7 +367,7 @@ def test_early_stopping_after_patience_evaluations_keeps_the_best_model(split_di
     assert result.best_step == evals[best]["step"] and result.best_eval_loss == losses[best]
     assert len(losses) - 1 - best == 2  # stopped at the 2nd evaluation without a better loss
     # the saved model holds the best weights (kept in the final checkpoint too), not the last ones
-    from msenc_lib.training.checkpoint import latest_checkpoint, load_checkpoint
+    from msenc_lib.train.checkpoint import latest_checkpoint, load_checkpoint
 
     state, best_state = load_checkpoint(latest_checkpoint(str(out)))
     assert state["step"] == result.steps and best_state["step"] == result.best_step

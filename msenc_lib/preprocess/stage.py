@@ -24,14 +24,14 @@ Output (``design.md`` §2)::
     OUT/tokenizer/                        AutoTokenizer.from_pretrained(OUT/tokenizer)
     OUT/preprocess_config.yaml, OUT/manifest.json, [OUT/text/<cell>.csv  (the original per-cell CSV)]
 
-How it scales: input files are scanned first (in parallel, :mod:`msenc_lib.preprocess_input`). A Parquet
+How it scales: input files are scanned first (in parallel, :mod:`msenc_lib.preprocess.scan`). A Parquet
 file holding one cell (known from its footer statistics) is read directly when its shard is processed;
 CSV files and multi-cell Parquet files are streamed in blocks and split per cell into temporary Arrow
 files (filtered by the cutoff), so one big multi-cell CSV needs memory for one block, not the file (and
 local disk for its needed columns). Cells are then grouped, in ``cell_key`` order, into shards of about
 ``shard_rows`` input rows; each shard is one task for the ``--workers`` processes and holds one cell in
 memory at a time. Shard boundaries depend only on the data, so the output is identical for any number of
-workers. Text is made by :mod:`msenc_lib.textformat` (vectorised, exact); for the built-in tokenizer it is
+workers. Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in tokenizer it is
 written directly as token ids, without a tokenizer call. s3:// inputs are downloaded to a temporary folder
 first; the output goes through ``storage.publish`` (nothing is left at the output URI on failure).
 """
@@ -57,7 +57,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import ConfigError, InputDataError
-from msenc_lib.preprocess_input import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, read_columns,
+from msenc_lib.preprocess.scan import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, read_columns,
                                         resolve_types, scan_file)
 
 log = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.nd
     ``seq_bounds``: offsets of the sequences in ``flat`` (len = n_sequences + 1). A tokenizer other than
     the built-in one gets the text in pieces of ~4k time steps cut at the time separator (its sep token, a
     special token that tokenizers split on first), all pieces of all sequences in one batched call."""
-    from msenc_lib.textformat import SEP_BYTE, to_text
+    from msenc_lib.preprocess.textformat import SEP_BYTE, to_text
 
     if plan.builtin:
         return flat.astype(np.int32), seq_bounds.astype(np.int64)
@@ -345,7 +345,7 @@ def _csv_field(text: str) -> str:
 
 def _write_text_csv(path: Path, plan: Plan, cell: str, flat: np.ndarray, bounds: np.ndarray,
                     groups: list[str] | None) -> None:
-    from msenc_lib.textformat import to_text
+    from msenc_lib.preprocess.textformat import to_text
 
     group_col = plan.time_columns[0]
     header = [plan.column_id, group_col, STREAM_COLUMN] if groups is not None else [plan.column_id, STREAM_COLUMN]
@@ -362,7 +362,7 @@ def process_cell(info: CellInfo, plan: Plan, check_roundtrip: bool = False):
     non-built-in tokenizer, record in the stats whether decode(input_ids) gives the first sequence's text."""
     import pyarrow as pa
 
-    from msenc_lib.textformat import UnformattableValue, format_rows, format_value
+    from msenc_lib.preprocess.textformat import UnformattableValue, format_rows, format_value
 
     table = _load_cell(info, plan)
     n = table.num_rows
@@ -431,7 +431,7 @@ def process_cell(info: CellInfo, plan: Plan, check_roundtrip: bool = False):
     stats = {"cell_key": info.cell_key, "rows_in": info.rows_in, "rows": n, "n_sequences": n_seq,
              "n_tokens": int(offsets[-1])}
     if check_roundtrip and not plan.builtin:
-        from msenc_lib.textformat import to_text
+        from msenc_lib.preprocess.textformat import to_text
 
         tok = _hf_tokenizer(plan.tokenizer_dir)
         first = to_text(flat[byte_bounds[0]: byte_bounds[1]], plan.time_sep, plan.unk_text)
@@ -572,7 +572,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
     import pyarrow as pa
 
     from msenc_lib import __version__, storage
-    from msenc_lib.textformat import INVALID, TEXT
+    from msenc_lib.preprocess.textformat import INVALID, TEXT
     from msenc_lib.tokenizer import load_tokenizer, tokenizer_info
 
     start = time.perf_counter()

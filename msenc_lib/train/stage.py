@@ -168,8 +168,8 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
     """Tokenizer, model, train/validation windows, the checkpoint to resume from, a local tokenizer copy."""
     from msenc_lib.model.masking import MaskingSpec
     from msenc_lib.tokenizer import special_token_ids
-    from msenc_lib.training.checkpoint import latest_checkpoint
-    from msenc_lib.training.data import EVAL_MASK_SEED, WindowDataset, read_sequences
+    from msenc_lib.train.checkpoint import latest_checkpoint
+    from msenc_lib.train.data import EVAL_MASK_SEED, WindowDataset, read_sequences
 
     # every rank reads the split once (s3: one download per process)
     with storage.local_copy(data_uri) as data_dir:
@@ -210,8 +210,8 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
 def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
     """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env."""
     from msenc_lib.tokenizer import digit_token_ids
-    from msenc_lib.training import distributed
-    from msenc_lib.training.loop import Trainer
+    from msenc_lib.train import distributed
+    from msenc_lib.train.loop import Trainer
 
     start = time.perf_counter()
     data_uri, output_uri = str(data_uri), str(output_uri).rstrip("/")
@@ -308,9 +308,3 @@ def _main(args: argparse.Namespace) -> TrainResult:
 
     config = config_from_args(TrainConfig, args)
     return run_train(config, args.data_dir, args.output_dir)
-
-
-if __name__ == "__main__":  # python -m msenc_lib.train ... (the PyTorchJob pod command)
-    from msenc_lib.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
