@@ -10,7 +10,7 @@ DEMO_DIR ?= demo-output
 
 .PHONY: install test demo image image-cuda image-local clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"

@@ -8,7 +8,6 @@ columns, as the original. Output: ``embeddings.parquet`` (+ ``csv/<cell>.csv`` i
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -32,18 +31,19 @@ DEFAULT_TARGETS = [*CHARGE_POLICY_COLUMNS, "charge_capacity"]
 
 class EmbedConfig(StageConfig):
     stage = "embed"
+    renamed = {"name_id": "id_column", "time_id": "time_column"}  # the original embedd CLI's names
 
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
                                description="unified columns joined to each row (max per cell and cycle)")
     pooling: Literal["mean", "max", "first"] = Field(
         "mean", description="how token states become one vector: mean or max over the real tokens, or the "
-        "first token", json_schema_extra={"cli_aliases": ["--aggregation"]})
+        "first token")
     batch_tokens: int = Field(262_144, gt=0, description="token budget of one forward pass (padding included); "
                               "sequences of similar length are batched together")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
     bf16: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
-    name_id: str = Field("cell_key", description="cell id column", json_schema_extra={"cli_aliases": ["--name-id"]})
-    time_id: str = Field("cycle_number", description="cycle column", json_schema_extra={"cli_aliases": ["--time-id"]})
+    id_column: str = Field("cell_key", description="cell id column")
+    time_column: str = Field("cycle_number", description="cycle column")
     csv: bool = Field(False, description="also write csv/<cell>.csv in the original layout "
                       "(cell_key, cycle_number, targets, val_0..val_{d-1}, index)")
     progress: bool = Field(True, description="progress bar on stderr")
@@ -148,7 +148,7 @@ def _load_inputs(config: EmbedConfig, data_dir, model_dir):
     import pyarrow.parquet as pq
     from transformers import AutoModel, AutoTokenizer
 
-    import msenc_lib  # noqa: F401  (registers the msenc model classes with the Auto* factories)
+    import msenc_lib.model  # noqa: F401  (registers the msenc model classes with the Auto* factories)
 
     manifest_path = data_dir / "manifest.json"
     if not manifest_path.exists():
@@ -171,7 +171,7 @@ def _load_inputs(config: EmbedConfig, data_dir, model_dir):
     if not shards:
         raise InputDataError(f"{data_dir}/sequences: no Parquet shards")
     columns = pq.read_schema(shards[0]).names
-    for col in (config.name_id, config.time_id, "input_ids"):
+    for col in (config.id_column, config.time_column, "input_ids"):
         if col not in columns:
             raise InputDataError(f"{shards[0]}: column {col!r} missing (columns: {columns})")
     return model, tokenizer, shards
@@ -184,11 +184,11 @@ def _targets(config: EmbedConfig, unified_uri: str, cells: list[str]):
     _, first = next(iter_unified_cells(unified_uri, None, cells[:1]), (None, None))
     if first is None:
         raise InputDataError(f"{unified_uri}: none of the dataset's cells (e.g. {cells[:3]}) is in the unified data")
-    missing = [c for c in [config.name_id, config.time_id, *config.targets] if c not in first.column_names]
+    missing = [c for c in [config.id_column, config.time_column, *config.targets] if c not in first.column_names]
     if missing:
         raise InputDataError(f"{unified_uri}: target column(s) {missing} absent from the unified data "
                              f"(columns: {first.column_names})")
-    keys = [config.name_id, config.time_id]
+    keys = [config.id_column, config.time_column]
     table = read_unified(unified_uri, columns=keys + config.targets, cells=cells)
     return table.groupby(keys, sort=True)[config.targets].max().reset_index()
 
@@ -207,9 +207,9 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
     start = time.perf_counter()
     with storage.local_copy(data_uri) as data_dir, storage.local_copy(model_uri) as model_dir:
         model, tokenizer, shards = _load_inputs(config, data_dir, model_dir)
-        meta = pd.concat([pq.read_table(s, columns=[config.name_id, config.time_id]).to_pandas() for s in shards],
+        meta = pd.concat([pq.read_table(s, columns=[config.id_column, config.time_column]).to_pandas() for s in shards],
                          ignore_index=True)
-        targets = _targets(config, unified_uri, sorted(meta[config.name_id].unique()))
+        targets = _targets(config, unified_uri, sorted(meta[config.id_column].unique()))
         device = resolve_device(config.device)
         model.to(device).eval()
         context = int(np.prod(model.config.seq_lens))
@@ -251,62 +251,29 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
 
     values = pd.DataFrame(vectors, columns=[f"{VALUE_PREFIX}{i}" for i in range(dim)])
     table = pd.concat([meta, values], axis=1)
-    if table.duplicated([config.name_id, config.time_id]).any():
-        dup = table[table.duplicated([config.name_id, config.time_id])].iloc[0]
-        raise InputDataError(f"{data_uri}: more than one sequence for {config.name_id}={dup[config.name_id]}, "
-                             f"{config.time_id}={dup[config.time_id]}")
-    table = table.merge(targets, on=[config.name_id, config.time_id], how="left", validate="one_to_one",
+    if table.duplicated([config.id_column, config.time_column]).any():
+        dup = table[table.duplicated([config.id_column, config.time_column])].iloc[0]
+        raise InputDataError(f"{data_uri}: more than one sequence for {config.id_column}={dup[config.id_column]}, "
+                             f"{config.time_column}={dup[config.time_column]}")
+    table = table.merge(targets, on=[config.id_column, config.time_column], how="left", validate="one_to_one",
                         indicator=True)
     unmatched = table[table["_merge"] == "left_only"]
     if len(unmatched):
         first = unmatched.iloc[0]
         raise InputDataError(f"{unified_uri}: no unified rows for {len(unmatched)} embedded (cell, cycle) pair(s), "
-                             f"e.g. {config.name_id}={first[config.name_id]}, {config.time_id}={first[config.time_id]}:"
+                             f"e.g. {config.id_column}={first[config.id_column]}, {config.time_column}={first[config.time_column]}:"
                              " is this the unified data the dataset was preprocessed from?")
-    table = table[[config.name_id, config.time_id, *config.targets, *values.columns]]
-    table = table.sort_values([config.name_id, config.time_id], kind="stable").reset_index(drop=True)
+    table = table[[config.id_column, config.time_column, *config.targets, *values.columns]]
+    table = table.sort_values([config.id_column, config.time_column], kind="stable").reset_index(drop=True)
 
     with storage.publish(output_uri, overwrite=overwrite) as staging:
         table.to_parquet(staging / EMBEDDINGS_FILE, index=False)
         if config.csv:
             (staging / CSV_DIR).mkdir()
-            for cell, group in table.groupby(config.name_id, sort=True):
-                group.assign(index=group[config.name_id]).to_csv(staging / CSV_DIR / f"{cell}.csv", index=False)
+            for cell, group in table.groupby(config.id_column, sort=True):
+                group.assign(index=group[config.id_column]).to_csv(staging / CSV_DIR / f"{cell}.csv", index=False)
         config.save(staging / "embed_config.yaml")
     seconds = time.perf_counter() - start
-    return EmbedResult(output_uri=str(output_uri), n_rows=len(table), n_cells=int(table[config.name_id].nunique()),
+    return EmbedResult(output_uri=str(output_uri), n_rows=len(table), n_cells=int(table[config.id_column].nunique()),
                        dim=dim, n_tokens=int(n_tokens), n_chunks=len(chunks), seconds=round(seconds, 3),
                        tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1), device=device)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-_DESCRIPTION = """\
-Embed an embedding-mode preprocessed dataset (one sequence per cell and cycle) with a trained encoder:
-one vector per (cell, cycle) = the pooled last hidden states of the finest stage over the real tokens,
-plus the targets (max per cell and cycle of the unified columns). Writes <output-dir>/embeddings.parquet
-(cell_key, cycle_number, targets..., val_0..val_{d-1}) and, with --csv, <output-dir>/csv/<cell>.csv in the
-original layout (with the trailing 'index' column). Options of the original 'embedd' CLI are accepted
-where they make sense (--aggregation, --name-id, --time-id, --model-weight is not needed: the model
-folder holds config.json + model.safetensors)."""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("embed", help="trained encoder + embedding-mode sequences -> per-cycle embeddings",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="embedding-mode preprocessed dataset (local or s3://)")
-    p.add_argument("--model-dir", required=True, help="trained model folder: save_pretrained output (local or s3://)")
-    p.add_argument("--unified-dir", required=True, help="unified data the targets come from (local or s3://)")
-    p.add_argument("--output-dir", required=True, help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, EmbedConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> EmbedResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(EmbedConfig, args)
-    return run_embed(config, args.data_dir, args.model_dir, args.unified_dir, args.output_dir,
-                     overwrite=args.overwrite)

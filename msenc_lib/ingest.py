@@ -8,7 +8,6 @@ concatenated in file order, and its time order is checked within each file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from typing import Literal
@@ -137,41 +136,3 @@ def run_ingest(config: IngestConfig, input_uri: str, output_uri: str, overwrite:
         manifest_uri=storage.join(str(output_uri), MANIFEST_NAME),
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-_DESCRIPTION = """\
-Read raw battery data and write the unified table as Parquet: <output-dir>/<cell_key>.parquet per cell
-(readable with pandas.read_parquet(<output-dir>)) and <output-dir>/_manifest.json (counts, dtypes,
-warnings, input fingerprints).
-
-Inputs (--input-path: a file, a folder, or a glob; local or s3://):
-  csv              unified CSV(s): one file holding many cells, one file per cell, ... (streamed in blocks)
-  parquet          unified Parquet file(s), e.g. the output of 'msenc generate-data'
-  severson-mat     the data.matr.io batch .mat files (MATLAB v7.3); batch from the file name
-                   (2017-05-12 / 2017-06-30 / 2018-04-12 or batchN). Recommended for Severson data.
-  severson-pickle  batch1.pkl, batch2.pkl, batch3.pkl from the rdbraatz BuildPkl notebooks.
-                   WARNING: unpickling runs code from the file; use only pickles you trust.
-Severson inputs get the original cleaning (dropped cells, batch-2 carry-over merge) and the charge
-policy -> quartile C-rates rule. Bad data stops the run with a message naming the file, row, cell and
-column; nothing is written then. Harmless quirks of real files are kept and reported as warnings.
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("ingest", help="raw data (CSV, Parquet, Severson .mat/.pkl) -> unified Parquet",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input-path", required=True, metavar="PATH", help="input file, folder or glob (local or s3://)")
-    p.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, IngestConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> IngestResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(IngestConfig, args)
-    return run_ingest(config, args.input_path, args.output_dir, overwrite=args.overwrite)

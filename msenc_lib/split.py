@@ -26,7 +26,6 @@ Output::
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -486,52 +485,6 @@ def read_split_config(uri: str) -> dict[str, list[str]]:
     from msenc_lib import storage
 
     return parse_split_config(json.loads(storage.read_text(str(uri))), str(uri))
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Split the cells of a preprocessed dataset (token-weighted), an embeddings folder (row-weighted) or a folder
-of per-cell CSV files (byte-weighted, as the original) into train / validation / test, and write
-OUT/split_cfg.json in the original's schema ({"train": ["<cell>.csv", ...], "validation": [...],
-"test": [...]}) with the subsets beside it. The original's command works as is:
-  msenc split --input-dir /datasets/beep --output-dir /dataset/beep-split/ [--ratio-train 0.8 --ratio-validation 0.05]
-  msenc split --input-dir embeddings/ --output-dir emb-split/ --config /dataset/beep-split/split_cfg.json
-Here --config (= --split-config) names a split_cfg.json to REUSE exactly (the original ignored it); the
-document with this command's own options is --stage-config. New splits are seeded (--seed).
---preset severson: Severson et al.'s primary train -> "train", primary test -> "test", secondary test ->
-the extra key "secondary_test" (subset folder secondary_test/); "validation" is empty.
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("split", help="cell-level train/validation/test split (split_cfg.json)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              conflict_handler="resolve")
-    p.add_argument("--input-dir", "--input", dest="input_dir", required=True, metavar="DIR",
-                   help="preprocessed dataset, embeddings folder or folder of per-cell CSVs (local or s3://)")
-    p.add_argument("--output-dir", "--output", "--ouput-dir", dest="output_dir", required=True, metavar="DIR",
-                   help="output folder (local or s3://); --ouput-dir is the original README's spelling")
-    add_overwrite_option(p)
-    add_config_options(p, SplitConfig)
-    # The original's --config is the split file to reuse; it replaces the generic config-document option.
-    p.add_argument("--split-config", "--config", dest="split_config", metavar="FILE", default=None,
-                   help="split_cfg.json to reuse exactly (ours or the original's; local or s3://)")
-    p.add_argument("--stage-config", dest="stage_config", metavar="FILE", default=None,
-                   help="YAML/JSON document with this command's options (ratio_train, seed, preset, ...); "
-                   "flags override it")
-    for group in p._action_groups:  # the generated group title points at --config, which is taken here
-        if group.title and "--config" in group.title:
-            group.title = group.title.replace("--config", "--stage-config")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> SplitResult:
-    given = {name: getattr(args, name) for name in SplitConfig.model_fields if hasattr(args, name)}
-    config = SplitConfig.load(args.stage_config, overrides=given)
-    return run_split(config, args.input_dir, args.output_dir, split_config_uri=args.split_config,
-                     overwrite=args.overwrite)
 
 
 __all__ = ["SplitConfig", "SplitResult", "SubsetInfo", "run_split", "generate_split", "parse_split_config",

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import evaluate_fixtures as fx
-from msenc_lib import cli, storage
+from msenc_cli import main as cli
+from msenc_lib import storage
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from msenc_lib.evaluate.regressors import regression_metrics

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from msenc_lib import cli, storage
+from msenc_cli import main as cli
+from msenc_lib import storage
 from msenc_lib.data import synthetic
 from msenc_lib.data.schema import UNIFIED_COLUMNS
 from msenc_lib.data.synthetic import GenerateDataConfig, run_generate_data

@@ -113,12 +113,12 @@ def test_submit_and_schedule_through_kfp_client():
 
 def test_submit_from_the_cli():
     with FakeKfpApi() as api:
-        out = subprocess.run([sys.executable, "-m", "msenc_lib", "pipeline", "submit", "--host", api.host,
+        out = subprocess.run([sys.executable, "-m", "msenc_cli", "pipeline", "submit", "--host", api.host,
                               "--param", "preset=small", "--param", "max_steps=20"],
                              capture_output=True, text=True, cwd=Path(__file__).parent)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout.strip().splitlines()[-1])["run_id"] == api.runs[0]["run_id"]
         assert api.runs[0]["runtime_config"]["parameters"] == {"preset": "small", "max_steps": 20}
-        bad = subprocess.run([sys.executable, "-m", "msenc_lib", "pipeline", "submit", "--host", api.host,
+        bad = subprocess.run([sys.executable, "-m", "msenc_cli", "pipeline", "submit", "--host", api.host,
                               "--param", "nope=1"], capture_output=True, text=True)
         assert bad.returncode == 2 and "no parameter 'nope'" in bad.stderr

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from msenc_cli.main import main as cli_main
 from msenc_lib.preprocess import scan as preprocess_input
-from msenc_lib.cli import main as cli_main
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.preprocess import PreprocessConfig, read_sequences, run_preprocess
 
@@ -302,14 +302,22 @@ def _assert_nothing_written(path: Path) -> None:
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("column_time", ["cycle_numer", "time"], "did you mean 'cycle_number'"),
-    ("column_id", "cell", "--column-id 'cell'"),
+    ("time_columns", ["cycle_numer", "time"], "did you mean 'cycle_number'"),
+    ("id_column", "cell", "--column-id 'cell'"),
 ])
 def test_unknown_columns_fail_clearly(tmp_path, option, value, needle):
     with pytest.raises(ConfigError, match="is not a column") as err:
         run(tmp_path, **{option: value})
     assert needle in str(err.value)
     _assert_nothing_written(tmp_path / "out")
+
+
+def test_the_original_option_names_still_work():
+    """column_id / column_time (the original's names; the fields are id_column / time_columns) in a document,
+    the environment or as flags (the flags: test_cli_original_options_and_error_exit)."""
+    old = PreprocessConfig.load({"column_id": "cell"}, environ={"MSENC_PREPROCESS__COLUMN_TIME": "cycle_number"})
+    assert (old.id_column, old.time_columns) == ("cell", ["cycle_number"])
+    assert PreprocessConfig(column_id="x").id_column == "x"
 
 
 def test_cutoff_leaving_no_rows_fails(tmp_path):

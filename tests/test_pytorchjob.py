@@ -169,7 +169,7 @@ def test_cli_render_matches_the_library(tmp_path):
             "--image", IMAGE, "--data-uri", "s3://bucket/split", "--output-uri", "s3://bucket/models/run1",
             "--node-selector", "pool=gpu", "zone=a", "--toleration", "nvidia.com/gpu:NoSchedule",
             "--cpu", "4", "--memory", "16Gi", "--timeout", "600", "--preset", "tiny", "--max-steps", "10"]
-    out = subprocess.run([sys.executable, "-m", "msenc_lib.cli", *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "msenc_cli", *args], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert out.returncode == 0, out.stderr
     rendered = yaml.safe_load(out.stdout)
@@ -180,7 +180,7 @@ def test_cli_render_matches_the_library(tmp_path):
     assert rendered == expected
     assert rendered["spec"]["runPolicy"]["activeDeadlineSeconds"] == 600
 
-    bad = subprocess.run([sys.executable, "-m", "msenc_lib.cli", *args, "--toleration", "gpu:Sometimes"],
+    bad = subprocess.run([sys.executable, "-m", "msenc_cli", *args, "--toleration", "gpu:Sometimes"],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                          timeout=120)
     assert bad.returncode == 2 and "effect must be one of" in bad.stderr
@@ -410,7 +410,7 @@ def test_sigterm_cancels_and_deletes_the_job(tmp_path):
         env = {**os.environ, "KUBECONFIG": str(fake.kubeconfig(tmp_path / "kubeconfig")), "PYTHONPATH": str(REPO)}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "msenc_lib.cli", "launch", "pytorchjob", "--name", JOB, "--image", IMAGE,
+            [sys.executable, "-m", "msenc_cli", "launch", "pytorchjob", "--name", JOB, "--image", IMAGE,
              "--data-uri", "s3://bucket/split", "--output-uri", "s3://bucket/m", "--poll-interval", "0.05"],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

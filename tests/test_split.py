@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from msenc_lib.cli import main as cli_main
+from msenc_cli.main import main as cli_main
 from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.preprocess import PreprocessConfig, read_sequences, run_preprocess
 from msenc_lib.split import SplitConfig, generate_split, read_split_config, run_split, severson_split

@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from msenc_lib import cli
+from msenc_cli import main as cli
 from msenc_lib.data import synthetic
 from msenc_lib.data.features import severson_features
 from msenc_lib.data.policy import parse_charge_policy

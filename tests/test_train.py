@@ -3,9 +3,6 @@ Training Operator's env, bad inputs. Everything runs on the tiny battery data an
 
 from __future__ import annotations
 
-# msenc_lib before torch: its CPU default OMP_WAIT_POLICY=PASSIVE only counts if set before torch loads OpenMP
-import msenc_lib  # noqa: F401  (also registers the model classes with transformers' Auto*)
-
 import json
 import os
 import subprocess
@@ -19,8 +16,9 @@ import torch
 from processes import free_port, run_to_completion
 from safetensors.torch import load_file
 
+import msenc_lib.model  # noqa: F401  (registers the model with transformers' Auto* classes)
+from msenc_cli.main import main as cli_main
 from msenc_lib import storage
-from msenc_lib.cli import main as cli_main
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.train import TrainConfig, run_train
 
@@ -115,7 +113,7 @@ def test_windows_start_at_time_step_boundaries_deterministically(split_dir):
 def test_cli_40_steps_saves_a_model_that_auto_model_loads(split_dir, tmp_path):
     out = tmp_path / "model"
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "msenc_lib.cli", "train", "--preset", "tiny", "--data-dir",
+    proc = subprocess.run([sys.executable, "-m", "msenc_cli", "train", "--preset", "tiny", "--data-dir",
                            str(split_dir), "--output-dir", str(out), "--max-steps", "40", "--progress", "false",
                            "--eval-every", "20"], env=child_env(), capture_output=True, text=True, timeout=300)
     seconds = time.perf_counter() - t0
@@ -220,7 +218,7 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(split_dir,
     assert worst < 1e-5, worst
     from transformers import AutoTokenizer
 
-    from msenc_lib.train import _build_model
+    from msenc_lib.train.stage import _build_model
 
     initial = _build_model(cfg(seed=1), AutoTokenizer.from_pretrained(str(split_dir / "tokenizer"))).state_dict()
     assert max(float((la[k] - initial[k]).abs().max()) for k in la) > 1e-3  # the 4 steps did move the weights
@@ -349,7 +347,7 @@ def test_resume_without_checkpoint_and_existing_output(split_dir, tmp_path):
     with pytest.raises(StorageError, match="output already exists.*--resume"):
         run_train(cfg(max_steps=2), str(split_dir), str(out))
     assert (out / "model.safetensors").read_bytes() == before  # nothing lost
-    again = run_train(cfg(max_steps=2, overwrite=True, seed=9), str(split_dir), str(out))
+    again = run_train(cfg(max_steps=2, seed=9), str(split_dir), str(out), overwrite=True)
     assert again.completed and (out / "model.safetensors").read_bytes() != before
 
 

@@ -27,7 +27,6 @@ bench 124 cells x their whole life at finer logging (~15M rows). Cells are gener
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -445,31 +444,3 @@ def run_generate_data(config: GenerateDataConfig, output_uri: str, overwrite: bo
         n_cycles=n_cycles, cycle_life_min=min(lives), cycle_life_max=max(lives),
         manifest_uri=storage.join(str(output_uri), MANIFEST_NAME), seconds=round(time.perf_counter() - start, 3),
     )
-
-
-_DESCRIPTION = """\
-Write the embedded synthetic battery dataset (no download needed) in the unified Parquet layout:
-<output-dir>/<cell_key>.parquet per cell + _manifest.json, exactly like 'msenc ingest' output.
-The cells look like the Severson/BEEP data (multi-step fast-charge policy strings, CC-CV charge to 3.6 V,
-4C discharge to 2.0 V, capacity ~1.1 Ah fading with a knee, cycle life 150-2300, temperature rise, the
-real files' quirks) and carry the Severson signal (log var dQ_100-10(V) vs log cycle life).
-Sizes: tiny (~33k rows, seconds), demo (~250k rows, the README run), bench (~15M rows, benchmarks).
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("generate-data", help="write the embedded synthetic dataset (unified Parquet)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, GenerateDataConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> GenerateDataResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(GenerateDataConfig, args)
-    return run_generate_data(config, args.output_dir, overwrite=args.overwrite)

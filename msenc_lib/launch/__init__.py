@@ -2,8 +2,8 @@
 
 Backends: ``pytorchjob`` (Kubeflow Training Operator, :mod:`msenc_lib.launch.pytorchjob`). A Kubeflow
 Trainer v2 ``TrainJob`` backend would be one more module implementing :class:`base.TrainLauncher` and
-listed in :data:`LAUNCHER_MODULES`; such a module exposes ``CONFIG_CLASS``, ``LAUNCHER_CLASS`` and
-``register(subparsers)``. Heavy imports (kubernetes, kubeflow-training) happen inside functions.
+listed in :data:`LAUNCHER_MODULES`; such a module exposes ``CONFIG_CLASS`` and ``LAUNCHER_CLASS`` (its
+command line is in ``msenc_cli.launch``). Heavy imports (kubernetes, kubeflow-training) happen inside functions.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from msenc_lib.launch.base import LaunchCancelled, LaunchConfig, LaunchError, La
 LAUNCHER_MODULES: dict[str, str] = {"pytorchjob": "msenc_lib.launch.pytorchjob"}
 
 __all__ = ["LAUNCHER_MODULES", "LaunchCancelled", "LaunchConfig", "LaunchError", "LaunchResult",
-           "TrainLauncher", "get_launcher", "register"]
+           "TrainLauncher", "get_launcher"]
 
 
 def get_launcher(backend: str, config, **kwargs) -> TrainLauncher:
@@ -26,13 +26,3 @@ def get_launcher(backend: str, config, **kwargs) -> TrainLauncher:
     if not isinstance(config, module.CONFIG_CLASS):
         config = module.CONFIG_CLASS.load(config)
     return module.LAUNCHER_CLASS(config, **kwargs)
-
-
-def register(subparsers) -> None:
-    """``msenc launch <backend>``: one sub-command per launcher module."""
-    p = subparsers.add_parser(
-        "launch", help="run training on a Kubernetes cluster (Kubeflow PyTorchJob)",
-        description="Run the training entry point (python -m msenc_lib.train) on a Kubernetes cluster.")
-    sub = p.add_subparsers(dest="backend", metavar="<backend>", required=True)
-    for module in LAUNCHER_MODULES.values():
-        importlib.import_module(module).register(sub)

@@ -109,7 +109,7 @@ def read_columns(path: str, fmt: str, source: str) -> list[str]:
         raise InputDataError(f"{source}: cannot read the {fmt} file: {e}") from None
 
 
-def _csv_types_by_scan(path: str, source: str, include: list[str], column_id: str) -> dict[str, Any]:
+def _csv_types_by_scan(path: str, source: str, include: list[str], id_column: str) -> dict[str, Any]:
     """Types that fit every value of a CSV (its first block guessed wrong): int64, float64, else text."""
     import pyarrow as pa
 
@@ -117,7 +117,7 @@ def _csv_types_by_scan(path: str, source: str, include: list[str], column_id: st
     reader = _open_csv(path, {c: pa.string() for c in include}, include)
     for batch in reader:
         for name in batch.schema.names:
-            if name == column_id or kinds.get(name) == "text":
+            if name == id_column or kinds.get(name) == "text":
                 continue
             col = batch.column(name)
             if col.null_count == len(col):
@@ -135,7 +135,7 @@ def _csv_types_by_scan(path: str, source: str, include: list[str], column_id: st
                 kinds[name] = "text"
     types = {"int": pa.int64(), "float": pa.float64(), "text": pa.string()}
     out = {n: types[k] for n, k in kinds.items()}
-    out[column_id] = pa.string()
+    out[id_column] = pa.string()
     return out
 
 
@@ -218,7 +218,7 @@ class _Spiller:
         self.cells.clear()
 
 
-def _split_batch(batch, column_id: str, cutoffs, spiller: _Spiller, keep: list[str]) -> dict[str, Any]:
+def _split_batch(batch, id_column: str, cutoffs, spiller: _Spiller, keep: list[str]) -> dict[str, Any]:
     """Count, filter and spill one batch (rows of any cells, in file order)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -227,12 +227,12 @@ def _split_batch(batch, column_id: str, cutoffs, spiller: _Spiller, keep: list[s
     n = table.num_rows
     if n == 0:
         return {}
-    keys = table.column(column_id)
+    keys = table.column(id_column)
     if not pa.types.is_string(keys.type):
         keys = keys.cast(pa.string())
     if keys.null_count:
         bad = int(np.flatnonzero(np.asarray(keys.is_null().to_numpy(zero_copy_only=False)))[0])
-        raise InputDataError(f"{spiller.source}: empty {column_id!r} in a data row (row {bad + 1} of a block)")
+        raise InputDataError(f"{spiller.source}: empty {id_column!r} in a data row (row {bad + 1} of a block)")
     enc = pc.dictionary_encode(keys).combine_chunks()
     idx = np.asarray(enc.indices.to_numpy(zero_copy_only=False))
     names = enc.dictionary.to_pylist()
@@ -267,14 +267,14 @@ def _types(pf, needed: list[str]) -> dict[str, Any]:
     return {f.name: f.type for f in pf.schema_arrow if f.name in needed}
 
 
-def _single_key_from_statistics(pf, column_id: str) -> str | None:
+def _single_key_from_statistics(pf, id_column: str) -> str | None:
     """The one cell key of a Parquet file, when its column statistics prove it (min == max, no nulls, in
     every row group); None when they do not (the column is then read)."""
     meta = pf.metadata
     if meta.num_rows == 0 or meta.num_row_groups == 0:
         return None
     try:
-        idx = pf.schema_arrow.names.index(column_id)
+        idx = pf.schema_arrow.names.index(id_column)
     except ValueError:
         return None
     if len(meta.schema) != len(pf.schema_arrow.names):  # nested columns: leaf indices differ
@@ -297,22 +297,22 @@ def scan_file(args: tuple) -> FileScan:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    index, path, source, fmt, column_id, needed, cutoffs, spill_dir = args
+    index, path, source, fmt, id_column, needed, cutoffs, spill_dir = args
     keep = list(needed)
-    read_cols = list(dict.fromkeys([column_id, *needed]))
+    read_cols = list(dict.fromkeys([id_column, *needed]))
     cut_cols = [c for c, _ in cutoffs]
     if fmt == "parquet":
         try:
             pf = pq.ParquetFile(path)
-            key = _single_key_from_statistics(pf, column_id)
-            cols = list(dict.fromkeys(cut_cols if key is not None else [column_id, *cut_cols]))
+            key = _single_key_from_statistics(pf, id_column)
+            cols = list(dict.fromkeys(cut_cols if key is not None else [id_column, *cut_cols]))
             head = pq.read_table(path, columns=cols) if cols else None
         except (pa.ArrowInvalid, OSError) as e:
             raise InputDataError(f"{source}: not a readable Parquet file: {e}") from None
         if key is None:
-            keys = head.column(column_id)
+            keys = head.column(id_column)
             if keys.null_count:
-                raise InputDataError(f"{source}: empty {column_id!r} in {keys.null_count} row(s)")
+                raise InputDataError(f"{source}: empty {id_column!r} in {keys.null_count} row(s)")
             uniq = keys.unique() if keys.num_chunks else pa.array([])
             key = str(uniq[0].as_py()) if len(uniq) == 1 else None
         if key is not None:
@@ -330,26 +330,26 @@ def scan_file(args: tuple) -> FileScan:
         minima: dict[str, Any] = {}
         try:
             for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=read_cols):
-                minima = merge_minima(minima, _split_batch(batch, column_id, cutoffs, spiller, keep))
+                minima = merge_minima(minima, _split_batch(batch, id_column, cutoffs, spiller, keep))
         finally:
             spiller.close()
         return FileScan(index, source, spiller.cells, minima)
 
-    types: dict[str, Any] = {column_id: pa.string()}
+    types: dict[str, Any] = {id_column: pa.string()}
     for attempt in range(2):
         spiller = _Spiller(Path(spill_dir), index, source)
         minima = {}
         try:
             reader = _open_csv(path, types, read_cols)
             for batch in reader:
-                minima = merge_minima(minima, _split_batch(batch, column_id, cutoffs, spiller, keep))
+                minima = merge_minima(minima, _split_batch(batch, id_column, cutoffs, spiller, keep))
             spiller.close()
             return FileScan(index, source, spiller.cells, minima)
         except pa.ArrowInvalid as e:
             spiller.discard()
             if attempt == 1:
                 raise InputDataError(f"{source}: cannot read the CSV values: {e}") from None
-            types = _csv_types_by_scan(path, source, read_cols, column_id)
+            types = _csv_types_by_scan(path, source, read_cols, id_column)
     raise AssertionError("unreachable")
 
 

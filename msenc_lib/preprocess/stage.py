@@ -2,18 +2,18 @@
 
 Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-workflow.md §2.1):
 
-* rows with ``column_time[k] <= time_cutoff[k]`` are kept (all given cutoffs, AND; nulls fail);
+* rows with ``time_columns[k] <= time_cutoff[k]`` are kept (all given cutoffs, AND; nulls fail);
 * ``--smooth-charge-capacity``: ``charge_capacity`` clipped to [0, 1.1], then per cell each row gets the
   maximum over itself and every later row (a running maximum from the end backwards);
-* rows are sorted by ``column_time`` (ascending, nulls first; rows with equal keys keep their input order,
+* rows are sorted by ``time_columns`` (ascending, nulls first; rows with equal keys keep their input order,
   which the original leaves open);
-* a time step = every column except ``column_id`` and ``exclude_features``, in table column order, floats
+* a time step = every column except ``id_column`` and ``exclude_features``, in table column order, floats
   as ``str(round(x, decimal_precision))``, integers as ``str(x)``, nulls as the unk token, joined by
   ``value_sep``; time steps joined by the time separator;
 * training mode (``--is-training-shuffled``, default): one sequence per cell; the time steps of every cell
   are reordered by ONE permutation of ``range(max_len)`` (``max_len`` = the longest cell; indices beyond a
   cell's length are dropped), drawn from ``numpy.random.default_rng(seed)``;
-* embedding mode: one sequence per (cell, ``column_time[0]`` value), in value order; the time steps of
+* embedding mode: one sequence per (cell, ``time_columns[0]`` value), in value order; the time steps of
   each group are shuffled: ``numpy.random.default_rng([seed, zlib.crc32(cell_key)]).random(n)`` gives one
   key per row of the cell (rows in time order) and a group's rows are ordered by their keys (the original's
   shuffle is unseeded).
@@ -38,7 +38,6 @@ first; the output goes through ``storage.publish`` (nothing is left at the outpu
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import contextlib
 import json
@@ -84,17 +83,18 @@ PARQUET_OPTIONS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------- config
 class PreprocessConfig(StageConfig):
     stage = "preprocess"
+    renamed = {"column_id": "id_column", "column_time": "time_columns"}  # the original CLI's names
 
     tokenizer_id: str | None = Field(
         None, description="tokenizer: omit (or 'msenc-numeric') for the built-in numeric tokenizer (23 tokens, "
         "one per character); or a local folder / s3:// prefix holding a saved Hugging Face tokenizer, patched "
         "with missing sep/unk/pad/mask tokens like the original. Hub ids cannot be downloaded here")
-    column_id: str = Field("cell_key", description="column naming the time series (one cell)")
+    id_column: str = Field("cell_key", description="column naming the time series (one cell)")
     time_sep: str = Field("<|sep|>", description="separator between time steps, added as the tokenizer's sep "
                           "token; a tokenizer that already has a sep token uses its own (as the original). "
                           "Empty: time steps are joined with nothing")
     value_sep: str = Field(",", description="separator between the values of one time step")
-    column_time: list[str] = Field(["cycle_number", "time"], description="time columns, coarse to fine "
+    time_columns: list[str] = Field(["cycle_number", "time"], description="time columns, coarse to fine "
                                    "(comma-separated): rows are sorted by them; the first one groups the "
                                    "sequences in embedding mode")
     smooth_charge_capacity: bool = Field(True, description="clip charge_capacity to [0, 1.1] and replace each "
@@ -102,8 +102,8 @@ class PreprocessConfig(StageConfig):
     exclude_features: list[str] = Field(default_factory=list, description="columns left out of the text "
                                         "(comma-separated)")
     decimal_precision: int = Field(4, ge=0, le=30, description="floats are written as str(round(x, N))")
-    time_cutoff: list[float] | None = Field(None, description="keep rows with column_time[k] <= cutoff[k] "
-                                            "(comma-separated, matched to column_time in order)")
+    time_cutoff: list[float] | None = Field(None, description="keep rows with time_columns[k] <= cutoff[k] "
+                                            "(comma-separated, matched to time_columns in order)")
     is_training_shuffled: bool = Field(True, description="true: training mode, one sequence per cell with the "
                                        "time steps permuted by one seeded permutation shared by all cells; "
                                        "false: embedding mode, one sequence per (cell, first time column value)")
@@ -115,7 +115,7 @@ class PreprocessConfig(StageConfig):
                             "shard sequences/part-NNNNN.parquet")
     progress: bool = Field(True, description="progress bars on stderr")
 
-    @field_validator("column_time")
+    @field_validator("time_columns")
     @classmethod
     def _time_not_empty(cls, v: list[str]) -> list[str]:
         if not v:
@@ -168,7 +168,7 @@ class Plan:
     schema: Any  # pa.Schema of the needed columns (resolved types)
     staging: str
     write_text: bool
-    column_id: str
+    id_column: str
     alphabet: Any  # textformat.Alphabet: token ids (built-in tokenizer) or text (TEXT)
     builtin: bool
     tokenizer_dir: str | None
@@ -348,7 +348,7 @@ def _write_text_csv(path: Path, plan: Plan, cell: str, flat: np.ndarray, bounds:
     from msenc_lib.preprocess.textformat import to_text
 
     group_col = plan.time_columns[0]
-    header = [plan.column_id, group_col, STREAM_COLUMN] if groups is not None else [plan.column_id, STREAM_COLUMN]
+    header = [plan.id_column, group_col, STREAM_COLUMN] if groups is not None else [plan.id_column, STREAM_COLUMN]
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(_csv_field(h) for h in header) + "\n")
         for i, (s, e) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
@@ -528,10 +528,10 @@ def _suggest(name: str, columns: list[str]) -> str:
 def _check_columns(config: PreprocessConfig, columns: list[str], source: str) -> list[str]:
     """Validate the column options against the data; returns warnings."""
     warnings = []
-    if config.column_id not in columns:
-        raise ConfigError(f"--column-id {config.column_id!r} is not a column of {source}"
-                          f"{_suggest(config.column_id, columns)}; columns: {columns}")
-    for c in config.column_time:
+    if config.id_column not in columns:
+        raise ConfigError(f"--column-id {config.id_column!r} is not a column of {source}"
+                          f"{_suggest(config.id_column, columns)}; columns: {columns}")
+    for c in config.time_columns:
         if c not in columns:
             raise ConfigError(f"--column-time {c!r} is not a column of {source}{_suggest(c, columns)}; "
                               f"columns: {columns}")
@@ -541,12 +541,12 @@ def _check_columns(config: PreprocessConfig, columns: list[str], source: str) ->
     unknown = [c for c in config.exclude_features if c not in columns]
     if unknown:
         warnings.append(f"--exclude-features names columns the data does not have (ignored): {unknown}")
-    if config.time_cutoff is not None and len(config.time_cutoff) != len(config.column_time):
-        if len(config.time_cutoff) > len(config.column_time):
+    if config.time_cutoff is not None and len(config.time_cutoff) != len(config.time_columns):
+        if len(config.time_cutoff) > len(config.time_columns):
             raise ConfigError(f"--time-cutoff has {len(config.time_cutoff)} values for "
-                              f"{len(config.column_time)} time column(s) {config.column_time}")
+                              f"{len(config.time_columns)} time column(s) {config.time_columns}")
         warnings.append(f"--time-cutoff has fewer values than --column-time: "
-                        f"{config.column_time[len(config.time_cutoff):]} are not filtered")
+                        f"{config.time_columns[len(config.time_cutoff):]} are not filtered")
     return warnings
 
 
@@ -596,17 +596,17 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                     f"{uri}: columns differ from {uris[0]} (missing {sorted(set(columns) - set(other))}, extra "
                     f"{sorted(set(other) - set(columns))}); all inputs need the same columns ('msenc ingest' "
                     "unifies them)")
-        excluded = set(config.exclude_features) | {config.column_id}
+        excluded = set(config.exclude_features) | {config.id_column}
         text_columns = [c for c in columns if c not in excluded]
         if not text_columns:
             raise ConfigError("no column left for the text: every column is the id or excluded")
-        needed = list(dict.fromkeys([*text_columns, *config.column_time,
+        needed = list(dict.fromkeys([*text_columns, *config.time_columns,
                                      *([SMOOTH_COLUMN] if config.smooth_charge_capacity else [])]))
-        cutoffs = list(zip(config.column_time, config.time_cutoff or []))
+        cutoffs = list(zip(config.time_columns, config.time_cutoff or []))
 
         spill = tmp / "spill"
         spill.mkdir()
-        scan_tasks = [(i, p, u, fmt, config.column_id, needed, cutoffs, str(spill))
+        scan_tasks = [(i, p, u, fmt, config.id_column, needed, cutoffs, str(spill))
                       for i, (p, u) in enumerate(zip(local_files, uris))]
         scans: list[FileScan] = _run_tasks(scan_file, scan_tasks, pool, "scanning inputs",
                                            config.progress, unit="file")
@@ -629,7 +629,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         if not kept:
             lows = ", ".join(f"{c} >= {minima[c]!r}" for c, _ in cutoffs if c in minima)
             raise InputDataError(
-                f"--time-cutoff {config.time_cutoff} on {config.column_time[:len(cutoffs)]} leaves no rows in any "
+                f"--time-cutoff {config.time_cutoff} on {config.time_columns[:len(cutoffs)]} leaves no rows in any "
                 f"of the {len(cells)} cell(s) (the data has {lows or 'no values there'})")
         if skipped:
             warnings.append(f"{len(skipped)} cell(s) have no rows left after --time-cutoff and were skipped: "
@@ -652,10 +652,10 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
             tok_dir = staging / TOKENIZER_DIR
             loaded.save(tok_dir)
             plan = Plan(
-                mode=mode, text_columns=text_columns, time_columns=list(config.column_time), cutoffs=cutoffs,
+                mode=mode, text_columns=text_columns, time_columns=list(config.time_columns), cutoffs=cutoffs,
                 smooth=config.smooth_charge_capacity, precision=config.decimal_precision, value_sep=value_sep,
                 time_sep=loaded.time_sep, unk_text=loaded.unk_text, seed=config.seed, max_len=max_len,
-                schema=schema, staging=str(staging), write_text=config.text, column_id=config.column_id,
+                schema=schema, staging=str(staging), write_text=config.text, id_column=config.id_column,
                 alphabet=loaded.alphabet or TEXT, builtin=loaded.builtin,
                 tokenizer_dir=None if loaded.builtin else str(tok_dir),
                 tokenizer_name=loaded.name,
@@ -679,11 +679,11 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                 "format_version": FORMAT_VERSION,
                 "created_by": f"msenc {__version__} preprocess",
                 "mode": mode,
-                "id_column": config.column_id,
-                "group_column": config.column_time[0] if mode == "embedding" else None,
+                "id_column": config.id_column,
+                "group_column": config.time_columns[0] if mode == "embedding" else None,
                 "text_columns": text_columns,
                 "column_types": {f.name: str(f.type) for f in schema},
-                "time_columns": list(config.column_time),
+                "time_columns": list(config.time_columns),
                 "time_cutoff": config.time_cutoff,
                 "smooth_charge_capacity": config.smooth_charge_capacity,
                 "decimal_precision": config.decimal_precision,
@@ -745,48 +745,6 @@ def read_sequences(uri: str):
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))) if storage.is_s3(f) else pq.read_table(f)
               for f in files]
     return pa.concat_tables(tables)
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Turn the unified table into token sequences in the original workflow's text form (one sequence per cell
-in training mode, one per (cell, cycle) in embedding mode), stored as token ids:
-  OUT/sequences/part-*.parquet (cell_key, [cycle_number], input_ids list<int32>, n_tokens),
-  OUT/tokenizer/ (AutoTokenizer.from_pretrained), OUT/preprocess_config.yaml, OUT/manifest.json,
-  OUT/text/<cell>.csv with --text (the original's per-cell CSV: cell_key,[cycle_number,]battery_stream).
-tokenizer.decode(input_ids) is exactly the text. The original CLI's options keep their names and defaults,
-e.g. (README):
-  msenc preprocess --input-path "out/unified/*.csv" --output-dir /datasets/beep \\
-      --column-id cell_key --time-sep "<|sep|>" --value-sep "," --column-time cycle_number,time \\
-      --smooth-charge-capacity --time-cutoff 1 --is-training-shuffled
-Embedding mode: --is-training-shuffled false (or --no-is-training-shuffled); the shards' cycle_number column
-holds the value of the first --column-time column.
-Differences from the original: the tokenizer defaults to the built-in numeric one (no hub download); the
-permutations come from numpy (same rule, seed 24 by default, but not polars' random order) and the
-embedding-mode shuffle is seeded; rows with equal time keep their input order; input may also be Parquet
-(e.g. 'msenc ingest' output) and s3://; --workers processes cells in parallel.
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("preprocess", help="unified table -> token sequences (training or embedding mode)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input-path", "--input", dest="input_path", required=True, metavar="PATH",
-                   help="unified CSV/Parquet file, folder or glob (local or s3://)")
-    p.add_argument("--output-dir", "--output", dest="output_dir", required=True, metavar="DIR",
-                   help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, PreprocessConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> PreprocessResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(PreprocessConfig, args)
-    return run_preprocess(config, args.input_path, args.output_dir, overwrite=args.overwrite)
 
 
 __all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "read_manifest",

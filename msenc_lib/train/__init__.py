@@ -2,6 +2,6 @@
 pieces: token windows and batches (:mod:`.data`), the distributed setup (:mod:`.distributed`), checkpoints
 and metrics (:mod:`.checkpoint`), the optimisation loop (:mod:`.loop`)."""
 
-from msenc_lib.train.stage import TrainConfig, TrainResult, register, run_train
+from msenc_lib.train.stage import TrainConfig, TrainResult, run_train
 
-__all__ = ["TrainConfig", "TrainResult", "run_train", "register"]
+__all__ = ["TrainConfig", "TrainResult", "run_train"]

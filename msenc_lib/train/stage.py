@@ -16,7 +16,6 @@ faster (tiny preset) and 45 % slower (seed preset) here (benchmarks/README.md).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
@@ -38,6 +37,7 @@ ARCHITECTURE_FIELDS = ("seq_lens", "hidden_sizes", "num_layers", "num_attention_
 
 class TrainConfig(StageConfig):
     stage = "train"
+    retired = frozenset({"overwrite"})  # now run_train's argument (--overwrite), like every stage's
 
     preset: str = Field("seed", description="model size: tiny (seconds on CPU), small (the demo), seed (the "
                         "original's 2048x8x4 = 65,536-token model)")
@@ -76,7 +76,6 @@ class TrainConfig(StageConfig):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     resume: bool = Field(False, description="continue from the latest checkpoint in the output folder")
-    overwrite: bool = Field(False, description="replace an existing output folder instead of failing")
     progress: bool = Field(True, description="progress bar on stderr (rank 0)")
     dist_timeout_s: float = Field(1800.0, gt=0, description="timeout of collective operations (seconds)")
 
@@ -164,7 +163,7 @@ def _build_model(config: TrainConfig, tokenizer):
     return model
 
 
-def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
+def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bool):
     """Tokenizer, model, train/validation windows, the checkpoint to resume from, a local tokenizer copy."""
     from msenc_lib.model.masking import MaskingSpec
     from msenc_lib.tokenizer import special_token_ids
@@ -200,15 +199,18 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
         if resume_from is None:
             raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, 'checkpoints')} to "
                               "continue from; run without --resume to start training")
-    elif storage.exists(output_uri) and storage.list_files(output_uri) and not config.overwrite:
+    elif storage.exists(output_uri) and storage.list_files(output_uri) and not overwrite:
         raise StorageError(f"output already exists and is not empty: {output_uri} (use --resume to "
                            "continue its training, --overwrite to replace it, or another output)")
     return tokenizer, model, train_data, val_data, resume_from, tok_tmp
 
 
 # ---------------------------------------------------------------------------------------- the stage
-def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
-    """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env."""
+def run_train(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bool = False) -> TrainResult:
+    """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env.
+
+    An existing non-empty output is an error unless ``config.resume`` (continue it) or ``overwrite`` (replace it).
+    """
     from msenc_lib.tokenizer import digit_token_ids
     from msenc_lib.train import distributed
     from msenc_lib.train.loop import Trainer
@@ -222,7 +224,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
         # every rank prepares (reads the split, builds the model, checks the output); if one fails, all stop
         # at once instead of the others waiting for it in a collective until the timeout
         try:
-            prep, failure = _prepare(config, data_uri, output_uri), None
+            prep, failure = _prepare(config, data_uri, output_uri, overwrite), None
         except Exception as e:  # re-raised below, on this rank as it is
             prep, failure = None, e
         if ctx.any_true(failure is not None):
@@ -230,7 +232,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
                 raise failure
             raise MsencError("training setup failed on another rank; see that rank's log")
         tokenizer, model, train_data, val_data, resume_from, tok_tmp = prep
-        if config.overwrite and not config.resume and ctx.is_main:
+        if overwrite and not config.resume and ctx.is_main:
             storage.remove(output_uri)
         ctx.barrier()
 
@@ -272,39 +274,3 @@ def _save_final(trainer, config: TrainConfig, tokenizer_dir: Path, output_uri: s
             storage.write_bytes(storage.join(output_uri, path.relative_to(tmp_path).as_posix()), path.read_bytes())
     config.save(storage.join(output_uri, "train_config.yaml"))
     trainer.metrics.flush()
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Pretrain the multiscale encoder (masked LM, 15% of the tokens; loss 0.7 cross-entropy + 0.3 number-token
-loss) on the train subset of a split ('msenc split' output), evaluating on its validation subset.
-Token windows of the model's context start at time-step boundaries; AdamW, cosine schedule with warmup,
-gradient clipping and accumulation; bf16 autocast on CUDA. Checkpoints go to OUT/checkpoints/ (--resume
-continues from the newest), metrics to OUT/metrics.jsonl, the final model (best eval loss) to OUT with its
-tokenizer in OUT/tokenizer/.
-
-Distributed: under torchrun, or with the Kubeflow Training Operator's env (MASTER_ADDR, MASTER_PORT,
-WORLD_SIZE, RANK), it runs DDP (gloo on CPU, nccl on GPU); only rank 0 writes.
-Data and output may be s3:// URIs (endpoint from AWS_ENDPOINT_URL). MLflow logging when mlflow is
-installed and MLFLOW_TRACKING_URI is set.
-
-  msenc train --preset tiny --data-dir split/ --output-dir model/ --max-steps 40
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options
-
-    p = subparsers.add_parser("train", help="pretrain the encoder on a split (masked LM + number-token loss)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, metavar="SPLIT", help="split folder (local or s3://)")
-    p.add_argument("--output-dir", required=True, metavar="OUT", help="model output folder (local or s3://)")
-    add_config_options(p, TrainConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> TrainResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(TrainConfig, args)
-    return run_train(config, args.data_dir, args.output_dir)
