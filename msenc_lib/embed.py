@@ -8,7 +8,6 @@ columns, as the original. Output: ``embeddings.parquet`` (+ ``csv/<cell>.csv`` i
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,15 +16,13 @@ from typing import Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.schema import CHARGE_POLICY_COLUMNS
 from msenc_lib.errors import InputDataError
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_FILE = "embeddings.parquet"
-CSV_DIR = "csv"
-VALUE_PREFIX = "val_"
 DEFAULT_TARGETS = [*CHARGE_POLICY_COLUMNS, "charge_capacity"]
 
 
@@ -150,26 +147,24 @@ def _load_inputs(config: EmbedConfig, data_dir, model_dir):
 
     import msenc_lib.model  # noqa: F401  (registers the msenc model classes with the Auto* factories)
 
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise InputDataError(f"{data_dir}: no manifest.json - not a preprocessed dataset (run 'msenc preprocess')")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = layout.read_dataset_manifest(str(data_dir))
     if manifest.get("mode") != "embedding":
         raise InputDataError(
             f"{data_dir}: the dataset was preprocessed in {manifest.get('mode')!r} mode (one sequence per cell); "
             "embedding needs one sequence per cell and cycle: run 'msenc preprocess --is-training-shuffled false'")
-    if not (model_dir / "config.json").exists():
-        raise InputDataError(f"{model_dir}: no config.json - not a saved model (expected save_pretrained output)")
+    if not layout.is_model(str(model_dir)):
+        raise InputDataError(f"{model_dir}: no {layout.MODEL_CONFIG} - not a saved model (expected save_pretrained "
+                             "output)")
     model = AutoModel.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / layout.TOKENIZER_DIR)
     if len(tokenizer) != model.config.vocab_size or tokenizer.pad_token_id != model.config.pad_token_id:
         raise InputDataError(
             f"the model's vocabulary ({model.config.vocab_size} tokens, pad id {model.config.pad_token_id}) does "
             f"not match the dataset's tokenizer ({len(tokenizer)} tokens, pad id {tokenizer.pad_token_id}): "
             "embed with the tokenizer the model was trained with")
-    shards = sorted((data_dir / "sequences").glob("*.parquet"))
+    shards = layout.sequence_files(str(data_dir))
     if not shards:
-        raise InputDataError(f"{data_dir}/sequences: no Parquet shards")
+        raise InputDataError(f"{data_dir}/{layout.SEQUENCES_DIR}: no Parquet shards")
     columns = pq.read_schema(shards[0]).names
     for col in (config.id_column, config.time_column, "input_ids"):
         if col not in columns:
@@ -249,7 +244,7 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
                 bar.update(sum(len(c.ids) for c in batch))
         vectors = pooler.result()
 
-    values = pd.DataFrame(vectors, columns=[f"{VALUE_PREFIX}{i}" for i in range(dim)])
+    values = pd.DataFrame(vectors, columns=[f"{layout.VALUE_PREFIX}{i}" for i in range(dim)])
     table = pd.concat([meta, values], axis=1)
     if table.duplicated([config.id_column, config.time_column]).any():
         dup = table[table.duplicated([config.id_column, config.time_column])].iloc[0]
@@ -267,12 +262,13 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
     table = table.sort_values([config.id_column, config.time_column], kind="stable").reset_index(drop=True)
 
     with storage.publish(output_uri, overwrite=overwrite) as staging:
-        table.to_parquet(staging / EMBEDDINGS_FILE, index=False)
+        table.to_parquet(staging / layout.EMBEDDINGS_FILE, index=False)
         if config.csv:
-            (staging / CSV_DIR).mkdir()
+            csv_dir = staging / layout.EMBEDDINGS_CSV_DIR
+            csv_dir.mkdir()
             for cell, group in table.groupby(config.id_column, sort=True):
-                group.assign(index=group[config.id_column]).to_csv(staging / CSV_DIR / f"{cell}.csv", index=False)
-        config.save(staging / "embed_config.yaml")
+                group.assign(index=group[config.id_column]).to_csv(csv_dir / f"{cell}.csv", index=False)
+        config.save(staging / layout.EMBED_CONFIG)
     seconds = time.perf_counter() - start
     return EmbedResult(output_uri=str(output_uri), n_rows=len(table), n_cells=int(table[config.id_column].nunique()),
                        dim=dim, n_tokens=int(n_tokens), n_chunks=len(chunks), seconds=round(seconds, 3),

@@ -11,12 +11,11 @@ import time
 
 from pydantic import BaseModel, Field
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import InputDataError
-
-LATEST_FILE = "LATEST"
-MODEL_NAME = "model"
+from msenc_lib.layout import EXPORTED_MODEL as MODEL_NAME
+from msenc_lib.layout import LATEST_FILE
 
 
 class ExportConfig(StageConfig):
@@ -54,13 +53,13 @@ def run_export(config: ExportConfig, artifacts: dict[str, str], export_uri: str,
 
 def resolve_model_uri(uri: str) -> str:
     """A model folder as is; an export location (holding LATEST) -> its newest run's model folder."""
-    if storage.exists(storage.join(uri, "config.json")):
+    if layout.is_model(uri):
         return uri
     pointer = storage.join(uri, LATEST_FILE)
     if storage.exists(pointer):
         run = storage.read_text(pointer).strip()
         model = storage.join(uri, run, MODEL_NAME)
-        if not storage.exists(storage.join(model, "config.json")):
+        if not layout.is_model(model):
             raise InputDataError(f"{pointer} names run {run!r}, but {model} holds no saved model (config.json)")
         return model
     raise InputDataError(f"{uri}: neither a saved model (config.json) nor an export location ({LATEST_FILE})")

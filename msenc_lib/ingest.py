@@ -14,8 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.validate import ValidationReport, ValidationWarning
+from msenc_lib.progress import progress_bar
 
 FormatName = Literal["auto", "csv", "parquet", "severson-mat", "severson-pickle"]
 
@@ -61,8 +63,6 @@ class IngestResult(BaseModel):
 def _ingest_tables(files: list[str], fmt: str, config: IngestConfig, writer, report: ValidationReport) -> None:
     from msenc_lib import storage
     from msenc_lib.data.readers import read_csv_file, read_parquet_file
-    from msenc_lib.data.unified import progress_bar
-
     for uri in progress_bar(files, len(files), "reading files", config.progress and len(files) > 1, unit="file"):
         with storage.local_copy(uri) as local:
             mark = writer.mark()
@@ -77,7 +77,6 @@ def _ingest_tables(files: list[str], fmt: str, config: IngestConfig, writer, rep
 def _ingest_severson(files: list[str], fmt: str, config: IngestConfig, writer, report: ValidationReport) -> None:
     from msenc_lib import storage
     from msenc_lib.data import severson
-    from msenc_lib.data.unified import progress_bar
     from msenc_lib.data.validate import UnifiedValidator
 
     with contextlib.ExitStack() as stack:
@@ -103,7 +102,7 @@ def run_ingest(config: IngestConfig, input_uri: str, output_uri: str, overwrite:
     """Read ``input_uri`` (file, folder or glob; local or s3://), validate, write the unified directory."""
     from msenc_lib import __version__, storage
     from msenc_lib.data.readers import resolve_inputs
-    from msenc_lib.data.unified import CSV_DIR, CSV_NAME, MANIFEST_NAME, UnifiedWriter
+    from msenc_lib.data.unified import UnifiedWriter
 
     start = time.perf_counter()
     files, fmt, skipped = resolve_inputs(str(input_uri), config.format)
@@ -132,7 +131,7 @@ def run_ingest(config: IngestConfig, input_uri: str, output_uri: str, overwrite:
         columns=manifest["columns"],
         dtypes=manifest["dtypes"],
         warnings=report.warnings,
-        csv_uri=storage.join(str(output_uri), CSV_DIR, CSV_NAME) if config.csv else None,
-        manifest_uri=storage.join(str(output_uri), MANIFEST_NAME),
+        csv_uri=storage.join(str(output_uri), layout.UNIFIED_CSV_DIR, layout.UNIFIED_CSV) if config.csv else None,
+        manifest_uri=storage.join(str(output_uri), layout.UNIFIED_MANIFEST),
         seconds=round(time.perf_counter() - start, 3),
     )

@@ -12,6 +12,7 @@ nothing at the output URI.
 from __future__ import annotations
 
 import contextlib
+import io
 import fnmatch
 import glob as _glob
 import os
@@ -243,6 +244,22 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     return read_bytes(uri).decode(encoding)
+
+
+def parquet_file(uri: str | os.PathLike):
+    """A ``pyarrow.parquet.ParquetFile`` of a local file, or of an S3 object read into memory."""
+    import pyarrow.parquet as pq
+
+    uri = str(uri)
+    return pq.ParquetFile(io.BytesIO(read_bytes(uri)) if is_s3(uri) else uri)
+
+
+def read_parquet(uri: str | os.PathLike, columns: list[str] | None = None):
+    """One Parquet file (local or S3) as an Arrow table, optionally only some columns."""
+    import pyarrow.parquet as pq
+
+    uri = str(uri)
+    return pq.read_table(io.BytesIO(read_bytes(uri)) if is_s3(uri) else uri, columns=columns)
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:

@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 from msenc_cli.main import main as cli_main
 from msenc_lib.preprocess import scan as preprocess_input
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
-from msenc_lib.preprocess import PreprocessConfig, read_sequences, run_preprocess
+from msenc_lib.layout import read_sequence_table
+from msenc_lib.preprocess import PreprocessConfig, run_preprocess
 
 DATA = Path(__file__).parent / "data" / "sequences"
 GOLDEN = DATA / "golden_unified.csv"
@@ -80,7 +81,7 @@ def embedding_streams(cell: str, rows: list[str], cycles: list[int], seed: int) 
 def decoded(out: Path) -> dict:
     """Sequences decoded with the saved tokenizer loaded through transformers."""
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")
-    seqs = read_sequences(str(out)).to_pylist()
+    seqs = read_sequence_table(str(out)).to_pylist()
     res = {}
     for s in seqs:
         assert s["n_tokens"] == len(s["input_ids"])
@@ -136,7 +137,7 @@ def test_golden_embedding_mode_and_text_csv(tmp_path):
             expected[(cell, cyc)] = stream
     assert texts == expected
     assert sorted(texts[("b1c0", 0)].split(SEP)) == sorted(B1C0_SMOOTH[:3])
-    table = read_sequences(str(out))
+    table = read_sequence_table(str(out))
     assert table.schema.field("cycle_number").type == pa.int64()
     assert table.column("cell_key").to_pylist() == ["b1c0"] * 3 + ["b1c1"] * 2 + ["b1c2"]
     # The original's per-cell CSV: cell_key, cycle_number (as text), the quoted stream.
@@ -155,7 +156,7 @@ def test_training_text_csv_and_parquet_input_match_csv_input(tmp_path):
     assert decoded(out_csv) == decoded(out_pq)
     csv_text = (out_csv / "text" / "b1c1.csv").read_text()
     assert csv_text == f'cell_key,battery_stream\nb1c1,"{training_stream(B1C1_SMOOTH, 24, 6)}"\n'
-    assert read_sequences(str(out_csv)).equals(read_sequences(str(out_pq)))
+    assert read_sequence_table(str(out_csv)).equals(read_sequence_table(str(out_pq)))
 
 
 def test_float_cycle_numbers_and_exclude_features(tmp_path):
@@ -169,7 +170,7 @@ def test_float_cycle_numbers_and_exclude_features(tmp_path):
     assert texts == {("nca1", 1.0): embedding_streams("nca1", ["1.0,0.25,3.6,0.2", "1.0,0.5,3.6123,0.1"],
                                                       [1, 1], 24)[1],
                      ("nca1", 2.0): "2.0,0.0,3.0,<|UNK|>"}
-    assert read_sequences(str(out)).schema.field("cycle_number").type == pa.float64()
+    assert read_sequence_table(str(out)).schema.field("cycle_number").type == pa.float64()
 
 
 # ------------------------------------------------------------------------------------ determinism
@@ -275,7 +276,7 @@ def test_local_hf_tokenizer_is_patched_like_the_original(tmp_path):
                                                                                "<|MASK|>")
     assert decoded(out)["b1c0"] == training_stream(B1C0, 24, 6)
     # BPE merges digits: fewer tokens than characters.
-    seq = read_sequences(str(out)).to_pylist()[0]
+    seq = read_sequence_table(str(out)).to_pylist()[0]
     assert seq["n_tokens"] < len(training_stream(B1C0, 24, 6))
     _, emb = run(tmp_path, "emb", tokenizer_id=str(folder), smooth_charge_capacity=False, is_training_shuffled=False)
     assert decoded(emb)[("b1c0", 0)] == embedding_streams("b1c0", B1C0, [0, 0, 0, 1, 1, 2], 24)[0]
@@ -401,5 +402,5 @@ def test_empty_separators_and_a_glob_of_cell_files(tmp_path):
     _, out = run(tmp_path, input_path=str(d / "b1c*.csv"), value_sep="", time_sep="", smooth_charge_capacity=False)
     perm = np.random.default_rng(24).permutation(6)
     assert decoded(out)["b1c0"] == "".join(B1C0[i].replace(",", "") for i in perm)
-    seq = read_sequences(str(out)).to_pylist()[0]
+    seq = read_sequence_table(str(out)).to_pylist()[0]
     assert 3 not in seq["input_ids"]  # no separator token at all

@@ -27,7 +27,6 @@ bench 124 cells x their whole life at finer logging (~15M rows). Cells are gener
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Iterator, Literal
@@ -400,10 +399,10 @@ class GenerateDataResult(BaseModel):
 
 def run_generate_data(config: GenerateDataConfig, output_uri: str, overwrite: bool = False) -> GenerateDataResult:
     """Generate the synthetic dataset into ``output_uri`` (the unified Parquet layout, like ingest output)."""
-    from msenc_lib import __version__, storage
-    from msenc_lib.data.unified import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, cell_file_name, progress_bar,
-                                        write_cell_parquet)
+    from msenc_lib import __version__, layout, storage
+    from msenc_lib.data.unified import write_cell_parquet, write_unified_manifest
     from msenc_lib.data.validate import UnifiedValidator
+    from msenc_lib.progress import progress_bar
 
     start = time.perf_counter()
     spec = resolve_size(config.size, config.n_cells, config.last_cycle)
@@ -415,32 +414,23 @@ def run_generate_data(config: GenerateDataConfig, output_uri: str, overwrite: bo
         for plan in progress_bar(plans, len(plans), "generating cells", config.progress):
             table = validator.validate_batch(generate_cell(plan, spec, config.seed), 0)
             schema = table.schema
-            fname = cell_file_name(plan.cell_key)
+            fname = layout.cell_file_name(plan.cell_key)
             write_cell_parquet(table, staging / fname, config.row_group_size)
             n = recorded_cycles(plan, spec)
             cells.append({"cell_key": plan.cell_key, "file": fname, "rows": table.num_rows, "cycles": n,
                           "cycle_life": plan.cycle_life, "charge_policy": plan.policy})
             n_rows += table.num_rows
             n_cycles += n
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+        write_unified_manifest(staging, {
             "created_by": f"msenc {__version__} generate-data",
             "source": {"kind": "synthetic", "size": config.size, "seed": config.seed,
                        "n_cells": spec.n_cells, "last_cycle": spec.last_cycle,
                        "resolution": spec.resolution.__dict__},
-            "n_cells": len(cells),
-            "n_rows": n_rows,
-            "columns": schema.names,
-            "dtypes": {f.name: str(f.type) for f in schema},
-            "csv": None,
-            "warnings": [w.model_dump() for w in validator.report.warnings],
-            "cells": cells,
-        }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        }, cells, schema, validator.report.warnings)
     lives = [c["cycle_life"] for c in cells]
     return GenerateDataResult(
         output_uri=str(output_uri), size=config.size, seed=config.seed, n_cells=len(cells), n_rows=n_rows,
         n_cycles=n_cycles, cycle_life_min=min(lives), cycle_life_max=max(lives),
-        manifest_uri=storage.join(str(output_uri), MANIFEST_NAME), seconds=round(time.perf_counter() - start, 3),
+        manifest_uri=storage.join(str(output_uri), layout.UNIFIED_MANIFEST),
+        seconds=round(time.perf_counter() - start, 3),
     )

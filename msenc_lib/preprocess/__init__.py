@@ -1,10 +1,7 @@
 """The preprocess stage: unified table -> token sequences (:mod:`.stage`), reading its inputs (:mod:`.scan`)
-and formatting rows as text (:mod:`.textformat`)."""
+and formatting rows as text (:mod:`.textformat`). The dataset it writes: :mod:`msenc_lib.layout`."""
 
-from msenc_lib.preprocess.stage import (FORMAT_NAME, MANIFEST_NAME, PARQUET_OPTIONS, SEQUENCES_DIR, TOKENIZER_DIR,
-                                        PreprocessConfig, PreprocessResult, SkippedCell, read_manifest,
-                                        read_sequences, run_preprocess, smooth_capacity)
+from msenc_lib.preprocess.stage import (PARQUET_OPTIONS, PreprocessConfig, PreprocessResult, SkippedCell,
+                                        run_preprocess)
 
-__all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "read_manifest",
-           "read_sequences", "smooth_capacity", "FORMAT_NAME", "SEQUENCES_DIR", "TOKENIZER_DIR",
-           "MANIFEST_NAME", "PARQUET_OPTIONS"]
+__all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "PARQUET_OPTIONS"]

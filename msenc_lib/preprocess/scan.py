@@ -3,11 +3,11 @@ cells and row counts (after the time cutoff).
 
 A Parquet file holding one cell is left where it is and read directly later. CSV files and multi-cell
 Parquet files are streamed in blocks (``CSV_BLOCK`` bytes / ``PARQUET_BATCH`` rows) and split per cell into
-temporary Arrow IPC files (only the needed columns, rows passing the cutoff), so memory holds one block,
-whatever the file size. CSV types follow the file like polars in the original: pyarrow infers them from the
-first block; if a later block does not fit (``1.5`` after integers, values after an empty start), the file
-is scanned once as text to find types that fit every value (int64, float64, else text) and read again.
-Across files one type per column is chosen (:func:`resolve_types`).
+temporary Arrow IPC files (only the needed columns, rows passing the cutoff; :mod:`msenc_lib.data.spill`), so
+memory holds one block, whatever the file size. Files are read by the reader layer of ingest
+(:mod:`msenc_lib.data.readers`): CSV types follow the file like polars in the original (inferred from the first
+block, the file scanned once as text when a later block does not fit). Across files one type per column is
+chosen (:func:`resolve_types`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from msenc_lib.data.readers import read_csv
+from msenc_lib.data.spill import CellSpiller, group_rows
+from msenc_lib.data.unified import unify_types
 from msenc_lib.errors import InputDataError
 
 CSV_BLOCK = 8 << 20
@@ -76,69 +79,6 @@ def input_files(input_uri: str, tmp: Path) -> tuple[list[str], list[str], str]:
     return local, uris, fmt
 
 
-def _csv_convert(types: dict[str, Any], include: list[str] | None):
-    import pyarrow.csv as pacsv
-
-    return pacsv.ConvertOptions(column_types=types, include_columns=include, null_values=[""],
-                                strings_can_be_null=True, quoted_strings_can_be_null=True,
-                                timestamp_parsers=[])
-
-
-def _open_csv(path: str, types: dict[str, Any], include: list[str] | None, block: int = CSV_BLOCK):
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    return pacsv.open_csv(pa.input_stream(path, compression="detect"),
-                          read_options=pacsv.ReadOptions(block_size=block, use_threads=False),
-                          convert_options=_csv_convert(types, include))
-
-
-def read_columns(path: str, fmt: str, source: str) -> list[str]:
-    """Column names of an input file (CSV header or Parquet schema)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        if fmt == "parquet":
-            return list(pq.read_schema(path).names)
-        reader = _open_csv(path, {}, None, block=1 << 16)
-        names = list(reader.schema.names)
-        reader.close()
-        return names
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputDataError(f"{source}: cannot read the {fmt} file: {e}") from None
-
-
-def _csv_types_by_scan(path: str, source: str, include: list[str], id_column: str) -> dict[str, Any]:
-    """Types that fit every value of a CSV (its first block guessed wrong): int64, float64, else text."""
-    import pyarrow as pa
-
-    kinds: dict[str, str] = {}
-    reader = _open_csv(path, {c: pa.string() for c in include}, include)
-    for batch in reader:
-        for name in batch.schema.names:
-            if name == id_column or kinds.get(name) == "text":
-                continue
-            col = batch.column(name)
-            if col.null_count == len(col):
-                continue
-            for kind, typ in (("int", pa.int64()), ("float", pa.float64())):
-                if kind == "int" and kinds.get(name) == "float":
-                    continue
-                try:
-                    col.cast(typ)
-                    kinds[name] = kind
-                    break
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    continue
-            else:
-                kinds[name] = "text"
-    types = {"int": pa.int64(), "float": pa.float64(), "text": pa.string()}
-    out = {n: types[k] for n, k in kinds.items()}
-    out[id_column] = pa.string()
-    return out
-
-
 def cutoff_mask(table, cutoffs: list[tuple[str, float]], source: str):
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -175,92 +115,42 @@ def merge_minima(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Spiller:
-    """Writes rows of each cell of one input file to its own Arrow IPC file (in first-seen order)."""
-
-    def __init__(self, spill_dir: Path, file_index: int, source: str):
-        self.dir = spill_dir
-        self.file_index = file_index
-        self.source = source
-        self.cells: dict[str, CellInfo] = {}
-        self._writers: dict[str, Any] = {}
-
-    def count(self, key: str, rows_in: int, rows: int) -> None:
-        info = self.cells.setdefault(key, CellInfo(key))
-        info.rows_in += rows_in
-        info.rows += rows
-
-    def write(self, key: str, table) -> None:
-        import pyarrow as pa
-        import pyarrow.ipc as ipc
-
-        w = self._writers.get(key)
-        if w is None:
-            path = self.dir / f"{self.file_index:06d}-{len(self._writers):06d}.arrow"
-            sink = pa.OSFile(str(path), "wb")
-            options = ipc.IpcWriteOptions(compression="lz4")  # spill files are read once: cheap compression
-            w = (ipc.new_file(sink, table.schema, options=options), sink, path, table.schema)
-            self._writers[key] = w
-            types = {f.name: f.type for f in table.schema}
-            self.cells.setdefault(key, CellInfo(key)).pieces.append(Piece(str(path), "ipc", self.source, types))
-        w[0].write_table(table.cast(w[3]) if table.schema != w[3] else table)
-
-    def close(self) -> None:
-        for w in self._writers.values():
-            w[0].close()
-            w[1].close()
-
-    def discard(self) -> None:
-        self.close()
-        for w in self._writers.values():
-            Path(w[2]).unlink(missing_ok=True)
-        self._writers.clear()
-        self.cells.clear()
-
-
-def _split_batch(batch, id_column: str, cutoffs, spiller: _Spiller, keep: list[str]) -> dict[str, Any]:
+def _split_batch(batch, id_column: str, cutoffs, spiller: CellSpiller, cells: dict[str, CellInfo], source: str,
+                 keep: list[str]) -> dict[str, Any]:
     """Count, filter and spill one batch (rows of any cells, in file order)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    n = table.num_rows
-    if n == 0:
+    if table.num_rows == 0:
         return {}
     keys = table.column(id_column)
-    if not pa.types.is_string(keys.type):
-        keys = keys.cast(pa.string())
     if keys.null_count:
         bad = int(np.flatnonzero(np.asarray(keys.is_null().to_numpy(zero_copy_only=False)))[0])
-        raise InputDataError(f"{spiller.source}: empty {id_column!r} in a data row (row {bad + 1} of a block)")
-    enc = pc.dictionary_encode(keys).combine_chunks()
-    idx = np.asarray(enc.indices.to_numpy(zero_copy_only=False))
-    names = enc.dictionary.to_pylist()
+        raise InputDataError(f"{source}: empty {id_column!r} in a data row (row {bad + 1} of a block)")
+    names, idx = group_rows(keys)
     rows_in = np.bincount(idx, minlength=len(names))
     minima = _minima(table, [c for c, _ in cutoffs])
     if cutoffs:
-        mask = np.asarray(cutoff_mask(table, cutoffs, spiller.source).to_numpy(zero_copy_only=False), bool)
-        idx_kept = idx[mask]
+        mask = np.asarray(cutoff_mask(table, cutoffs, source).to_numpy(zero_copy_only=False), bool)
+        idx = idx[mask]
         table = table.filter(pa.array(mask))
-    else:
-        idx_kept = idx
-    rows_kept = np.bincount(idx_kept, minlength=len(names))
+    rows_kept = np.bincount(idx, minlength=len(names))
     for i, name in enumerate(names):
-        spiller.count(name, int(rows_in[i]), int(rows_kept[i]))
-    if table.num_rows == 0:
-        return minima
-    table = table.select(keep)
-    change = np.flatnonzero(np.diff(idx_kept)) + 1
-    if len(change) + 1 > len(names):  # cells interleaved: group them, keeping each cell's row order
-        order = np.argsort(idx_kept, kind="stable")
-        table = table.take(pa.array(order))
-        idx_kept = idx_kept[order]
-        change = np.flatnonzero(np.diff(idx_kept)) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [len(idx_kept)]])
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        spiller.write(names[idx_kept[s]], table.slice(s, e - s))
+        info = cells.setdefault(name, CellInfo(name))
+        info.rows_in += int(rows_in[i])
+        info.rows += int(rows_kept[i])
+    if table.num_rows:
+        spiller.write_grouped(table.select(keep), names, idx)
     return minima
+
+
+def _spilled(spiller: CellSpiller, cells: dict[str, CellInfo], source: str) -> dict[str, CellInfo]:
+    """The scanned cells with their spill files as pieces."""
+    spiller.close()
+    for part in spiller.parts:
+        types = {f.name: f.type for f in part.schema}
+        cells[part.cell_key].pieces.append(Piece(str(part.path), "ipc", source, types))
+    return cells
 
 
 def _types(pf, needed: list[str]) -> dict[str, Any]:
@@ -326,37 +216,34 @@ def scan_file(args: tuple) -> FileScan:
             info = CellInfo(key, [Piece(path, "parquet", source, _types(pf, needed))] if rows else [],
                             head.num_rows, rows)
             return FileScan(index, source, {key: info}, _minima(head, cut_cols))
-        spiller = _Spiller(Path(spill_dir), index, source)
+        spiller = CellSpiller(spill_dir, prefix=f"{index:06d}-")
+        cells: dict[str, CellInfo] = {}
         minima: dict[str, Any] = {}
-        try:
-            for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=read_cols):
-                minima = merge_minima(minima, _split_batch(batch, id_column, cutoffs, spiller, keep))
-        finally:
-            spiller.close()
-        return FileScan(index, source, spiller.cells, minima)
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=read_cols):
+            minima = merge_minima(minima, _split_batch(batch, id_column, cutoffs, spiller, cells, source, keep))
+        return FileScan(index, source, _spilled(spiller, cells, source), minima)
 
-    types: dict[str, Any] = {id_column: pa.string()}
-    for attempt in range(2):
-        spiller = _Spiller(Path(spill_dir), index, source)
-        minima = {}
-        try:
-            reader = _open_csv(path, types, read_cols)
-            for batch in reader:
-                minima = merge_minima(minima, _split_batch(batch, id_column, cutoffs, spiller, keep))
-            spiller.close()
-            return FileScan(index, source, spiller.cells, minima)
-        except pa.ArrowInvalid as e:
-            spiller.discard()
-            if attempt == 1:
-                raise InputDataError(f"{source}: cannot read the CSV values: {e}") from None
-            types = _csv_types_by_scan(path, source, read_cols, id_column)
-    raise AssertionError("unreachable")
+    spiller = CellSpiller(spill_dir, prefix=f"{index:06d}-")
+    scanned: dict[str, Any] = {"cells": {}, "minima": {}}
+
+    def take(batch) -> None:
+        minima = _split_batch(batch, id_column, cutoffs, spiller, scanned["cells"], source, keep)
+        scanned["minima"] = merge_minima(scanned["minima"], minima)
+
+    def restart() -> None:
+        spiller.rollback()
+        scanned.update(cells={}, minima={})
+
+    # text as the original reads it: dates stay text; the workers already run in parallel
+    read_csv(path, source, take, fixed={id_column: pa.string()}, block_size=CSV_BLOCK, include=read_cols,
+             on_retry=restart, use_threads=False, parse_timestamps=False)
+    return FileScan(index, source, _spilled(spiller, scanned["cells"], source), scanned["minima"])
 
 
 # ------------------------------------------------------------------------------------------ type unify
 def resolve_types(cells: dict[str, CellInfo], columns: list[str]):
-    """One Arrow type per needed column over all pieces: integers stay int64 if every piece has integers,
-    integers mixed with floats become float64, nulls defer to the others; anything else must agree."""
+    """One Arrow type per needed column over all pieces (:func:`msenc_lib.data.unified.unify_types`); types
+    that do not mix are an error naming the inputs."""
     import pyarrow as pa
 
     fields = []
@@ -366,21 +253,9 @@ def resolve_types(cells: dict[str, CellInfo], columns: list[str]):
             for piece in info.pieces:
                 t = piece.types.get(c)
                 if t is not None:
-                    if pa.types.is_dictionary(t):
-                        t = t.value_type
                     found.setdefault(str(t), (t, piece.source))
-        real = [t for t, _ in found.values() if not pa.types.is_null(t)]
-        if not real:
-            typ = pa.null()
-        elif all(pa.types.is_integer(t) for t in real):
-            typ = pa.int64()
-        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in real):
-            typ = pa.float64()
-        elif all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in real):
-            typ = pa.string()
-        elif all(t == real[0] for t in real):
-            typ = real[0]
-        else:
+        typ = unify_types([t for t, _ in found.values()])
+        if typ is None:
             where = ", ".join(f"{name} in {src}" for name, (_, src) in found.items())
             raise InputDataError(f"column {c!r} has incompatible types across the inputs ({where}); "
                                  "unify the files (e.g. with 'msenc ingest') or exclude the column")
@@ -388,5 +263,5 @@ def resolve_types(cells: dict[str, CellInfo], columns: list[str]):
     return pa.schema(fields)
 
 
-__all__ = ["Piece", "CellInfo", "FileScan", "input_files", "read_columns", "scan_file", "resolve_types",
-           "cutoff_mask", "merge_minima"]
+__all__ = ["Piece", "CellInfo", "FileScan", "input_files", "scan_file", "resolve_types", "cutoff_mask",
+           "merge_minima"]

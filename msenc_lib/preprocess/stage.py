@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import logging
 import multiprocessing
-import sys
 import tempfile
 import time
 import zlib
@@ -54,20 +52,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from msenc_lib import layout
 from msenc_lib.config import StageConfig
+from msenc_lib.data.readers import read_columns
 from msenc_lib.errors import ConfigError, InputDataError
-from msenc_lib.preprocess.scan import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, read_columns,
-                                        resolve_types, scan_file)
+from msenc_lib.progress import progress_bar
+from msenc_lib.preprocess.scan import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, resolve_types,
+                                       scan_file)
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "msenc-preprocessed"
-FORMAT_VERSION = 1
-SEQUENCES_DIR = "sequences"
-TOKENIZER_DIR = "tokenizer"
-TEXT_DIR = "text"
-MANIFEST_NAME = "manifest.json"
-CONFIG_NAME = "preprocess_config.yaml"
 STREAM_COLUMN = "battery_stream"  # the original's text column name
 SMOOTH_COLUMN = "charge_capacity"  # hard-coded in the original
 SMOOTH_MAX = 1.1
@@ -337,6 +331,7 @@ def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.nd
     return np.asarray(ids, dtype=np.int32), np.asarray(offsets, np.int64)
 
 
+# Not the csv module: with "\n" line ends it leaves a lone "\r" unquoted, which the original (polars) quotes.
 def _csv_field(text: str) -> str:
     if any(ch in text for ch in ',"\n\r'):
         return '"' + text.replace('"', '""') + '"'
@@ -443,11 +438,9 @@ def process_shard(task: tuple) -> dict[str, Any]:
     """Phase 2: one shard file (its cells in order, one in memory at a time)."""
     import pyarrow.parquet as pq
 
-    from msenc_lib.data.unified import cell_file_name
-
     shard_index, cells, plan = task
     staging = Path(plan.staging)
-    path = staging / SEQUENCES_DIR / f"part-{shard_index:05d}.parquet"
+    path = staging / layout.SEQUENCES_DIR / layout.shard_name(shard_index)
     writer = None
     stats = []
     try:
@@ -459,8 +452,8 @@ def process_shard(task: tuple) -> dict[str, Any]:
             st["shard"] = path.name
             stats.append(st)
             if text is not None:
-                fname = cell_file_name(info.cell_key)[: -len(".parquet")] + ".csv"
-                _write_text_csv(staging / TEXT_DIR / fname, plan, info.cell_key, *text)
+                fname = layout.cell_file_name(info.cell_key, suffix=".csv")
+                _write_text_csv(staging / layout.TEXT_DIR / fname, plan, info.cell_key, *text)
             del table, text
     finally:
         if writer is not None:
@@ -490,11 +483,8 @@ def _run_tasks(func, tasks: list, pool, desc: str, progress: bool, weights: list
                unit: str = "row") -> list:
     """Run ``func`` over ``tasks`` (in this process when ``pool`` is None); results in task order. The
     first failure cancels the rest and is raised."""
-    from tqdm.auto import tqdm
-
     weights = weights or [1] * len(tasks)
-    bar = tqdm(total=sum(weights), desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-               disable=not progress, dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=sum(weights), desc=desc, enabled=progress, unit=unit, unit_scale=True)
     results: list = [None] * len(tasks)
     try:
         if pool is None or len(tasks) <= 1:
@@ -646,10 +636,10 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         max_len = max(c.rows for c in kept)
 
         with storage.publish(str(output_uri), overwrite=overwrite) as staging:
-            (staging / SEQUENCES_DIR).mkdir()
+            (staging / layout.SEQUENCES_DIR).mkdir()
             if config.text:
-                (staging / TEXT_DIR).mkdir()
-            tok_dir = staging / TOKENIZER_DIR
+                (staging / layout.TEXT_DIR).mkdir()
+            tok_dir = staging / layout.TOKENIZER_DIR
             loaded.save(tok_dir)
             plan = Plan(
                 mode=mode, text_columns=text_columns, time_columns=list(config.time_columns), cutoffs=cutoffs,
@@ -673,10 +663,10 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
             n_tokens = sum(s["n_tokens"] for s in cell_stats)
             n_sequences = sum(s["n_sequences"] for s in cell_stats)
             n_rows = sum(s["rows"] for s in cell_stats)
-            config.save(str(staging / CONFIG_NAME))
+            config.save(str(staging / layout.PREPROCESS_CONFIG))
             manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
+                "format": layout.DATASET_FORMAT,
+                "format_version": layout.DATASET_FORMAT_VERSION,
                 "created_by": f"msenc {__version__} preprocess",
                 "mode": mode,
                 "id_column": config.id_column,
@@ -701,13 +691,13 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                 "skipped_cells": [s.model_dump() for s in skipped],
                 "warnings": warnings,
                 "inputs": [storage.stat(u) for u in uris],
-                "shards": [{"file": f"{SEQUENCES_DIR}/{r['shard']}", "n_cells": len(r["cells"]),
+                "shards": [{"file": f"{layout.SEQUENCES_DIR}/{r['shard']}", "n_cells": len(r["cells"]),
                             "n_sequences": sum(s["n_sequences"] for s in r["cells"]),
                             "n_tokens": sum(s["n_tokens"] for s in r["cells"])} for r in results],
                 "cells": cell_stats,
-                "text_dir": TEXT_DIR if config.text else None,
+                "text_dir": layout.TEXT_DIR if config.text else None,
             }
-            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+            layout.write_json(staging / layout.MANIFEST, manifest)
 
     for w in warnings:
         log.warning(w)
@@ -716,36 +706,9 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         n_sequences=n_sequences, n_rows_in=n_rows_in, n_rows=n_rows, n_tokens=n_tokens,
         max_len=max_len if mode == "training" else None, n_shards=len(results), skipped_cells=skipped,
         warnings=warnings, tokenizer=loaded.name, vocab_size=loaded.vocab_size(), lossless=lossless,
-        manifest_uri=storage.join(str(output_uri), MANIFEST_NAME), seconds=round(time.perf_counter() - start, 3),
+        manifest_uri=storage.join(str(output_uri), layout.MANIFEST), seconds=round(time.perf_counter() - start, 3),
     )
 
 
-# ------------------------------------------------------------------------------------------------ read
-def read_manifest(uri: str) -> dict[str, Any]:
-    from msenc_lib import storage
-
-    try:
-        return json.loads(storage.read_text(storage.join(str(uri), MANIFEST_NAME)))
-    except FileNotFoundError:
-        raise InputDataError(f"{uri}: no {MANIFEST_NAME}; not a preprocessed dataset") from None
-
-
-def read_sequences(uri: str):
-    """All sequences of a preprocessed dataset (or split subset) as one Arrow table (small data, tests)."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from msenc_lib import storage
-
-    files = storage.list_files(storage.join(str(uri), SEQUENCES_DIR), suffix=".parquet")
-    if not files:
-        raise InputDataError(f"{uri}: no {SEQUENCES_DIR}/*.parquet")
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))) if storage.is_s3(f) else pq.read_table(f)
-              for f in files]
-    return pa.concat_tables(tables)
-
-
-__all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "read_manifest",
-           "read_sequences", "smooth_capacity", "FORMAT_NAME", "SEQUENCES_DIR", "TOKENIZER_DIR", "MANIFEST_NAME"]
+__all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "smooth_capacity",
+           "PARQUET_OPTIONS"]

@@ -17,7 +17,6 @@ faster (tiny preset) and 45 % slower (seed preset) here (benchmarks/README.md).
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import ConfigError, InputDataError, MsencError, StorageError
 
@@ -102,17 +101,16 @@ class TrainResult(BaseModel):
 def _load_split(data_dir: Path) -> tuple[Any, Path, Path | None]:
     from transformers import AutoTokenizer
 
-    train_seq = data_dir / "train" / "sequences"
-    if not train_seq.is_dir() or not any(train_seq.glob("*.parquet")):
+    train, validation = (data_dir / subset for subset in layout.SUBSETS[:2])
+    if not layout.sequence_files(str(train)):
         raise InputDataError(f"{data_dir}: no training sequences (expected train/sequences/part-*.parquet, the "
                              "layout 'msenc split' writes)")
-    tok_dir = data_dir / "tokenizer"
-    if not (tok_dir / "tokenizer_config.json").exists() and not (tok_dir / "tokenizer.json").exists():
+    tok_dir = data_dir / layout.TOKENIZER_DIR
+    if not layout.has_tokenizer(tok_dir):
         raise InputDataError(f"{data_dir}: no tokenizer/ folder (the layout 'msenc split' writes)")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    val_seq = data_dir / "validation" / "sequences"
-    has_val = val_seq.is_dir() and any(val_seq.glob("*.parquet"))
-    return tokenizer, train_seq, val_seq if has_val else None
+    has_val = bool(layout.sequence_files(str(validation)))
+    return tokenizer, train / layout.SEQUENCES_DIR, validation / layout.SEQUENCES_DIR if has_val else None
 
 
 def _model_config(config: TrainConfig, tokenizer):
@@ -197,7 +195,7 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: boo
     if config.resume:
         resume_from = latest_checkpoint(output_uri)
         if resume_from is None:
-            raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, 'checkpoints')} to "
+            raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, layout.CHECKPOINTS_DIR)} to "
                               "continue from; run without --resume to start training")
     elif storage.exists(output_uri) and storage.list_files(output_uri) and not overwrite:
         raise StorageError(f"output already exists and is not empty: {output_uri} (use --resume to "
@@ -241,7 +239,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bo
         if resume_from is not None:
             trainer.restore(resume_from)
         elif ctx.is_main:
-            config.save(storage.join(output_uri, "train_config.yaml"))
+            config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
         outcome = trainer.train()
         if outcome.completed and ctx.is_main:
             _save_final(trainer, config, Path(tok_tmp.name), output_uri)
@@ -267,10 +265,10 @@ def _save_final(trainer, config: TrainConfig, tokenizer_dir: Path, output_uri: s
     with tempfile.TemporaryDirectory(prefix="msenc-model-") as tmp:
         tmp_path = Path(tmp)
         model.save_pretrained(str(tmp_path), safe_serialization=True)
-        shutil.copytree(tokenizer_dir, tmp_path / "tokenizer")
+        shutil.copytree(tokenizer_dir, tmp_path / layout.TOKENIZER_DIR)
         files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.name == "config.json")  # the "model is complete" marker goes last
+        files.sort(key=lambda p: p.name == layout.MODEL_CONFIG)  # the "model is complete" marker goes last
         for path in files:
             storage.write_bytes(storage.join(output_uri, path.relative_to(tmp_path).as_posix()), path.read_bytes())
-    config.save(storage.join(output_uri, "train_config.yaml"))
+    config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
     trainer.metrics.flush()
