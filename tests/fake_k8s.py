@@ -17,13 +17,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import ParseResult, parse_qs
+
+from fakes.loopback import LoopbackApi
 
 T0 = "2025-11-25T10:00:00Z"
 
@@ -103,11 +103,12 @@ class Step:
 
 
 # -------------------------------------------------------------------------------------------- the server
-class FakeKubeApi:
+class FakeKubeApi(LoopbackApi):
     """The scripted API server. Use as a context manager; ``kubeconfig(path)`` writes a config for it."""
 
     def __init__(self, steps: list[Step], master_log: str = "", create_error: tuple[int, str] | None = None,
                  vanish_after: int | None = None):
+        super().__init__()
         self.steps = steps
         self.master_log = master_log
         self.create_error = create_error
@@ -118,21 +119,6 @@ class FakeKubeApi:
         self.requests: list[tuple[str, str]] = []
         self.job_gets = 0
         self._step = 0
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FakeKubeApi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def kubeconfig(self, path: Path, namespace: str = "team-a") -> Path:
         path.write_text(json.dumps({
@@ -143,42 +129,9 @@ class FakeKubeApi:
         }))
         return path
 
-    # -- request handling
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _route(self, method: str) -> None:
-                url = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                with fake._lock:
-                    fake.requests.append((method, self.path))
-                    code, out, ctype = fake._dispatch(method, url.path, query, body)
-                self._send(code, out, ctype)
-
-            def do_GET(self):
-                self._route("GET")
-
-            def do_POST(self):
-                self._route("POST")
-
-            def do_DELETE(self):
-                self._route("DELETE")
-
-        return Handler
+    def handle(self, method: str, url: ParseResult, body: Any) -> tuple[int, Any, str]:
+        self.requests.append((method, url.path + (f"?{url.query}" if url.query else "")))
+        return self._dispatch(method, url.path, {k: v[0] for k, v in parse_qs(url.query).items()}, body)
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> tuple[int, dict, str]:

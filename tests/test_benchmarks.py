@@ -43,6 +43,7 @@ def test_train_bench_quick_plans_the_16k_context_with_few_steps():
     assert all(c["phases"] == ["infer", "train"] for c in plan["cases"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MBLM_PYTHON.exists(), reason=f"reference venv {MBLM_PYTHON} missing "
                     "(benchmarks/setup_mblm_venv.sh makes it)")
 def test_train_bench_quick_with_reference(tmp_path):
@@ -71,6 +72,7 @@ def test_train_bench_quick_with_reference(tmp_path):
             assert run["infer"]["output_shape"][2] == report["model"]["hidden_sizes"][-1]
 
 
+@pytest.mark.slow
 def test_train_bench_reports_a_missing_reference_as_null_with_reason(tmp_path):
     out = tmp_path / "train.json"
     _run("train_bench.py", "--output", str(out), "--cases", "quick256_v23", "--mblm-python",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zlib
 from pathlib import Path
 
@@ -196,9 +195,9 @@ def test_workers_do_not_change_the_output(tiny_unified, tmp_path):
     assert m1["cells"] == m2["cells"]
 
 
-def test_matches_polars_reimplementation_of_original(tiny_unified, tmp_path):
+def test_matches_polars_reimplementation_of_original(tiny_unified, tmp_path, monkeypatch):
     pytest.importorskip("polars")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     from reference_preprocess import reference_preprocess
 
     result, out = run(tmp_path, input_path=tiny_unified, time_cutoff=[20])

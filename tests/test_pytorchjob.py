@@ -234,6 +234,7 @@ PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers,gpus", [(2, 0), (1, 2)], ids=["2-pods", "torchrun-2-procs"])
 def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, workers, gpus):
     """The rendered Master/Worker commands, run as local processes with the operator's env and the S3

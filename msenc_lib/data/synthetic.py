@@ -186,22 +186,6 @@ def _discharge_counts(q: np.ndarray, res: Resolution) -> np.ndarray:
     return np.ceil(duration / res.discharge_dt - 1e-9).astype(np.int64) - 1
 
 
-def _fixed_points(res: Resolution) -> int:
-    n_charge = int(round(0.8 / res.charge_soc_step))
-    return 1 + n_charge + res.cc1c_points + res.cv_points + res.rest_points + 1 + res.rest_points
-
-
-def estimate_rows(plans: list[CellPlan], spec: SizeSpec) -> int:
-    """Rows the generator will write, without generating (cheap)."""
-    res = spec.resolution
-    total = 0
-    for p in plans:
-        n = np.arange(recorded_cycles(p, spec))
-        total += int(np.sum(_discharge_counts(capacity_curve(p, n), res))) + len(n) * _fixed_points(res)
-        total += res.zero_rows
-    return total
-
-
 def _rounded(values: np.ndarray, decimals: int) -> np.ndarray:
     """Rounded like a cycler log; + 0.0 turns -0.0 into 0.0 (no '-0.0' in text exports)."""
     return np.round(values, decimals) + 0.0
