@@ -256,7 +256,8 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
     if len(unmatched):
         first = unmatched.iloc[0]
         raise InputDataError(f"{unified_uri}: no unified rows for {len(unmatched)} embedded (cell, cycle) pair(s), "
-                             f"e.g. {config.id_column}={first[config.id_column]}, {config.time_column}={first[config.time_column]}:"
+                             f"e.g. {config.id_column}={first[config.id_column]}, "
+                             f"{config.time_column}={first[config.time_column]}:"
                              " is this the unified data the dataset was preprocessed from?")
     table = table[[config.id_column, config.time_column, *config.targets, *values.columns]]
     table = table.sort_values([config.id_column, config.time_column], kind="stable").reset_index(drop=True)

@@ -316,41 +316,45 @@ def _make_plots(out_dir: Path, doc: dict, predictions: dict, emb, unified, cfg) 
 
 
 # ------------------------------------------------------------------------------------------------- HTML
-def _focus(task: dict) -> str:
-    return "test" if "test" in task["n_cells"] else next((s for s in task["n_cells"] if s != "train"), "train")
+def _best(doc: dict, name: str) -> tuple[str, dict, str, str, dict] | None:
+    """(held-out subset in focus, task, feature set, model, metrics) of a task's best result, if any."""
+    task = doc["tasks"].get(name)
+    if not task:
+        return None
+    focus = "test" if "test" in task["n_cells"] else next((s for s in task["n_cells"] if s != "train"), "train")
+    if f"{name}/{focus}" not in doc["best"]:
+        return focus, task, "", "", {}
+    fs, model = doc["best"][f"{name}/{focus}"].split("/")
+    return focus, task, fs, model, _result(task, fs, model)["subsets"][focus]
 
 
 def _key_findings(doc: dict) -> list[dict[str, Any]]:
     """The findings the report opens with, as data (the template words them)."""
     items: list[dict[str, Any]] = []
-    life = doc["tasks"].get("cycle_life")
+    life = _best(doc, "cycle_life")
     if life:
-        focus = _focus(life)
-        if f"cycle_life/{focus}" in doc["best"]:
-            fs, model = doc["best"][f"cycle_life/{focus}"].split("/")
-            m = _result(life, fs, model)["subsets"][focus]
-            items.append({"kind": "life_best", "subset": focus, "feature_set": fs, "model": MODEL_TEXT.get(model, model),
-                          "rmse": _fmt(m["rmse"], 0), "mape": _fmt(m["mape"], 1), "r2": _fmt(m["r2"], 2)})
+        focus, task, fs, model, m = life
+        if fs:
+            items.append({"kind": "life_best", "subset": focus, "feature_set": fs,
+                          "model": MODEL_TEXT.get(model, model), "rmse": _fmt(m["rmse"], 0),
+                          "mape": _fmt(m["mape"], 1), "r2": _fmt(m["r2"], 2)})
         for fs in ("embedding", "random"):
-            cands = [r for r in life["results"] if r["feature_set"] == fs and focus in r["subsets"]]
+            cands = [r for r in task["results"] if r["feature_set"] == fs and focus in r["subsets"]]
             if cands:
                 r = min(cands, key=lambda r: r["subsets"][focus]["rmse"])
                 m = r["subsets"][focus]
                 what = "The encoder's embeddings reach" if fs == "embedding" else "The random-feature control reaches"
                 items.append({"kind": "life_set", "what": what, "rmse": _fmt(m["rmse"], 0), "r2": _fmt(m["r2"], 2),
                               "model": MODEL_TEXT.get(r["model"])})
-    cap = doc["tasks"].get("capacity")
-    if cap:
-        focus = _focus(cap)
-        if f"capacity/{focus}" in doc["best"]:
-            fs, model = doc["best"][f"capacity/{focus}"].split("/")
-            m = _result(cap, fs, model)["subsets"][focus]
-            pers = _result(cap, "persistence", "none")
-            pm = pers["subsets"].get(focus) if pers else None
-            items.append({"kind": "capacity_best", "horizon": cap["horizon"], "subset": focus, "feature_set": fs,
-                          "model": None if model == "none" else MODEL_TEXT.get(model, model),
-                          "rmse": _fmt(m["rmse"], 4), "unit": cap["unit"],
-                          "persistence": _fmt(pm["rmse"], 4) if pm and fs != "persistence" else None})
+    cap = _best(doc, "capacity")
+    if cap and cap[2]:
+        focus, task, fs, model, m = cap
+        pers = _result(task, "persistence", "none")
+        pm = pers["subsets"].get(focus) if pers else None
+        items.append({"kind": "capacity_best", "horizon": task["horizon"], "subset": focus, "feature_set": fs,
+                      "model": None if model == "none" else MODEL_TEXT.get(model, model),
+                      "rmse": _fmt(m["rmse"], 4), "unit": task["unit"],
+                      "persistence": _fmt(pm["rmse"], 4) if pm and fs != "persistence" else None})
     return items
 
 
