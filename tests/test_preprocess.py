@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from msenc_cli.main import main as cli_main
-from msenc_lib.preprocess import scan as preprocess_input
+from msenc_lib.preprocess import scan
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.layout import read_sequence_table
 from msenc_lib.preprocess import PreprocessConfig, run_preprocess
@@ -215,7 +215,7 @@ def test_one_multi_cell_csv_equals_per_cell_files(tiny_unified, tmp_path, monkey
     df = df.sort_values(["k", "cell_key"], kind="stable").drop(columns="k")
     big = tmp_path / "all.csv"
     df.to_csv(big, index=False)
-    monkeypatch.setattr(preprocess_input, "CSV_BLOCK", 1 << 14)
+    monkeypatch.setattr(scan, "CSV_BLOCK", 1 << 14)
     _, from_csv = run(tmp_path, "csv", input_path=big)
     _, from_parquet = run(tmp_path, "pq", input_path=tiny_unified)
     assert decoded(from_csv) == decoded(from_parquet)
@@ -227,7 +227,7 @@ def test_csv_type_change_after_first_block_is_promoted(tmp_path, monkeypatch):
     rows += ["c1,400,0.0,2.5,0.5"]  # ...then a float: the whole column is float, as with one read
     src = tmp_path / "types.csv"
     src.write_text("\n".join(rows) + "\n")
-    monkeypatch.setattr(preprocess_input, "CSV_BLOCK", 1 << 10)
+    monkeypatch.setattr(scan, "CSV_BLOCK", 1 << 10)
     _, out = run(tmp_path, input_path=src, is_training_shuffled=False)
     texts = decoded(out)
     assert texts[("c1", 3)] == "3,0.0,3.0,0.5" and texts[("c1", 400)] == "400,0.0,2.5,0.5"
