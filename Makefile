@@ -32,8 +32,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/msenc pipeline run-local --runner subprocess --data-size demo --output-dir $(DEMO_DIR)
 
-# Images (images/README.md): docker or podman, whichever is installed (ENGINE=... to choose).
-# IMAGE names keep "python" in them (kfp's SubprocessRunner warns otherwise).
+# Images (images/README.md): docker or podman, whichever is installed (ENGINE=... to choose). A cluster pulls
+# images: push them to a registry and compile the pipeline with those references (README "Kubeflow").
+# Local IMAGE names keep "python" in them (kfp's SubprocessRunner warns otherwise).
 IMAGE ?= localhost/msenc-python:dev
 IMAGE_CUDA ?= localhost/msenc-python-cuda:dev
 BASE_IMAGE ?=
@@ -41,18 +42,18 @@ BASE_IMAGE_CUDA ?=
 # A local CPU torch wheel, where this machine keeps one, is installed instead of downloading torch.
 TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl))
 LOCAL_BASE_IMAGE ?= localhost/msenc-python-base:bookworm
-SHARED_TOOLS ?= ../shared/tools
+ENGINE ?=
 
 image:
-	BASE_IMAGE="$(BASE_IMAGE)" TORCH_WHEEL="$(TORCH_WHEEL)" bash images/build.sh "$(IMAGE)"
+	ENGINE="$(ENGINE)" BASE_IMAGE="$(BASE_IMAGE)" TORCH_WHEEL="$(TORCH_WHEEL)" bash images/build.sh "$(IMAGE)"
 
 image-cuda:
-	DOCKERFILE=images/Dockerfile.cuda BASE_IMAGE="$(BASE_IMAGE_CUDA)" bash images/build.sh "$(IMAGE_CUDA)"
+	ENGINE="$(ENGINE)" DOCKERFILE=images/Dockerfile.cuda BASE_IMAGE="$(BASE_IMAGE_CUDA)" bash images/build.sh "$(IMAGE_CUDA)"
 
-# Without a reachable registry (this machine, CI): a Debian + Python base made locally with podman first.
+# Without a reachable registry (this machine, CI): a Debian + Python base made here with podman, then `make image`.
 image-local:
-	bash $(SHARED_TOOLS)/build-base-image.sh "$(LOCAL_BASE_IMAGE)"
-	$(MAKE) image BASE_IMAGE="$(LOCAL_BASE_IMAGE)"
+	bash images/base-image.sh "$(LOCAL_BASE_IMAGE)"
+	$(MAKE) image ENGINE=podman BASE_IMAGE="$(LOCAL_BASE_IMAGE)"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

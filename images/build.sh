@@ -26,6 +26,9 @@ if [ -z "${ENGINE:-}" ]; then
   else log "neither podman nor docker is installed"; exit 1; fi
 fi
 
+# podman on a machine that needs a runtime/ulimit setting for RUN steps: images/podman-setup.sh provides it
+if [ "$ENGINE" = podman ]; then bash images/podman-setup.sh --no-service; fi
+
 args=(build -f "$DOCKERFILE" -t "$IMAGE")
 [ -n "${BASE_IMAGE:-}" ] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 

@@ -27,18 +27,41 @@ from wcmatch import glob as wcglob
 from msenc_lib.errors import StorageError
 
 S3_PREFIX = "s3://"
+MINIO_PREFIX = "minio://"  # how Kubeflow Pipelines names artifacts in its own MinIO (an S3 server)
+# Where KFP's launcher mirrors artifacts inside a step pod: /minio/<bucket>/<key> is minio://<bucket>/<key>.
+KFP_LOCAL_MOUNTS = {"/minio/": MINIO_PREFIX, "/s3/": S3_PREFIX, "/gcs/": "gs://"}
 _GLOB_CHARS = set("*?[")
 
 
+def object_uri(uri: str | os.PathLike) -> str:
+    """The ``s3://`` URI of an object-storage location, as boto3 and every other pod must be given it.
+
+    ``minio://b/k`` (a KFP artifact URI) and the launcher's local mirror paths ``/minio/b/k`` and ``/s3/b/k``
+    become ``s3://b/k``; ``s3://`` URIs and other local paths are returned unchanged. Google Cloud Storage
+    (``gs://``, ``/gcs/``) has no S3 endpoint here and is refused.
+    """
+    text = str(uri)
+    for mount, scheme in KFP_LOCAL_MOUNTS.items():
+        if text.startswith(mount):
+            text = scheme + text[len(mount):]
+            break
+    if text.startswith(MINIO_PREFIX):
+        text = S3_PREFIX + text[len(MINIO_PREFIX):]
+    if text.startswith("gs://"):
+        raise StorageError(f"{uri}: Google Cloud Storage is not supported (use an s3:// or minio:// location)")
+    return text
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
-    return str(uri).startswith(S3_PREFIX)
+    """An object-storage URI: ``s3://`` or KFP's ``minio://`` (the same S3 protocol)."""
+    return str(uri).startswith((S3_PREFIX, MINIO_PREFIX))
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    """``s3://bucket/a/b`` (or ``minio://bucket/a/b``) -> ``("bucket", "a/b")``."""
     if not is_s3(uri):
         raise StorageError(f"not an s3:// URI: {uri}")
-    bucket, _, key = uri[len(S3_PREFIX):].partition("/")
+    bucket, _, key = object_uri(uri)[len(S3_PREFIX):].partition("/")
     if not bucket:
         raise StorageError(f"s3 URI without a bucket: {uri}")
     return bucket, key
@@ -198,6 +221,23 @@ def stat(uri: str | os.PathLike) -> dict:
         return {"uri": uri, "size": head["ContentLength"], "etag": head["ETag"].strip('"')}
     st = os.stat(uri)
     return {"uri": uri, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def content_fingerprint(uri: str | os.PathLike) -> str:
+    """A short hash of the size and change token of every file named by ``uri`` (file, folder/prefix or
+    glob): it changes when the content does. ``""`` for an empty URI."""
+    import hashlib
+    import json
+
+    if not str(uri).strip():
+        return ""
+    files = expand(uri)
+    if not files:
+        raise FileNotFoundError(f"no files at {uri}")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(json.dumps(stat(f), sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------- reads / writes

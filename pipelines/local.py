@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -81,7 +82,9 @@ def run_local(pipeline_func: Callable, arguments: dict[str, Any], output_dir: st
     root = Path(output_dir).resolve() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=make_runner(runner), pipeline_root=str(root), raise_on_error=True)
-    with reliable_docker_steps() if runner == "docker" else contextlib.nullcontext():
+    with reliable_docker_steps() if runner == "docker" else contextlib.nullcontext(), warnings.catch_warnings():
+        # resources, placement and Secrets are for a cluster: on this machine they do not apply
+        warnings.filterwarnings("ignore", message="Task .* have no effect in the current local runner")
         task = pipeline_func(**arguments)
     outputs = {}
     for name, artifact in (task.outputs or {}).items():

@@ -2,15 +2,15 @@
 
 ``docker_api`` (session): a Docker-API endpoint that answers, from the first that works of
   1. ``DOCKER_HOST`` if set, 2. the default ``/var/run/docker.sock``, 3. podman's API service started by
-  ``../shared/tools/podman-setup.sh`` (relative to the repository root, or ``MSENC_SHARED_TOOLS``; installs podman when missing).
-  Sets ``DOCKER_HOST`` for the session (kfp's DockerRunner and the docker SDK read it). When none can be made
-  the tests are SKIPPED and the reason is printed. A podman service started here is stopped at the end.
+  ``images/podman-setup.sh`` (installs and configures podman when missing; the service exits by itself when
+  idle, so concurrent sessions never stop each other's). Sets ``DOCKER_HOST`` for the session (kfp's
+  DockerRunner and the docker SDK read it). When none can be made the tests are SKIPPED with the reason.
 ``msenc_image`` (session): the tag of the CPU image (images/Dockerfile) built for the current sources, e.g.
   ``localhost/msenc-python:test-1a2b3c4d5e6f``. The tag is a content hash of everything the image is made of
   (Dockerfile, requirements script, pyproject.toml, README.md, msenc_lib/, the base image's ID, the torch
   wheel), so a re-run with unchanged inputs reuses the image in about a second. On podman the base image is a
-  Debian + Python image made locally by ``../shared/tools/build-base-image.sh`` (no registry is reachable
-  here); on docker it is the Dockerfile's default unless ``MSENC_TEST_BASE_IMAGE`` names one. torch comes from
+  Debian + Python image made locally by ``images/base-image.sh`` (no registry is reachable here); on docker
+  it is the Dockerfile's default unless ``MSENC_TEST_BASE_IMAGE`` names one. torch comes from
   a local CPU wheel when one of the installed version lies in pip's find-links (``TORCH_WHEEL`` overrides).
 
 Import both into a conftest (``from container_fixtures import docker_api, msenc_image``).
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_TOOLS = Path(os.environ.get("MSENC_SHARED_TOOLS", REPO.parent / "shared" / "tools"))  # ../shared/tools
+IMAGES = REPO / "images"
 IMAGE_REPO = "localhost/msenc-python"
 LOCAL_BASE_IMAGE = "localhost/msenc-python-base:bookworm"
 BUILD_LOG = REPO / ".pytest_cache" / "msenc-image-build.log"
@@ -72,7 +72,6 @@ def docker_api():
     except ImportError:
         _skip("the docker Python SDK is not installed (pip install -e '.[pipeline]')")
     tried: list[str] = []
-    started_here = False
     client = url = None
     for candidate in (os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock"):
         if candidate and (candidate.startswith("tcp://") or os.path.exists(candidate.removeprefix("unix://"))):
@@ -82,21 +81,16 @@ def docker_api():
                 break
             tried.append(f"{candidate} does not answer")
     if client is None:
-        setup = SHARED_TOOLS / "podman-setup.sh"
-        if not setup.exists():
-            _skip("no Docker-API socket answers (" + "; ".join(tried or ["DOCKER_HOST unset"]) +
-                  f") and {setup} is missing to start podman's")
         t0 = time.monotonic()
-        out = subprocess.run(["bash", str(setup)], capture_output=True, text=True, timeout=600)
+        out = subprocess.run(["bash", str(IMAGES / "podman-setup.sh")], capture_output=True, text=True, timeout=600)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("export DOCKER_HOST=")), None)
         if out.returncode != 0 or line is None:
-            _skip(f"podman-setup.sh could not start a Docker-API socket (exit {out.returncode}): "
-                  f"{out.stderr.strip()[-500:]}")
+            _skip("no Docker-API socket answers (" + "; ".join(tried or ["DOCKER_HOST unset"]) + ") and "
+                  f"images/podman-setup.sh could not start podman's (exit {out.returncode}): {out.stderr.strip()[-500:]}")
         url = line.split("=", 1)[1].strip().strip("'\"")
         client = _ping(url)
         if client is None:
             _skip(f"podman's API service on {url} does not answer")
-        started_here = "started podman API service" in out.stderr
         print(f"\n[container tests] podman API on {url} ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
     previous = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = url
@@ -108,8 +102,6 @@ def docker_api():
             os.environ.pop("DOCKER_HOST", None)
         else:
             os.environ["DOCKER_HOST"] = previous
-        if started_here:
-            subprocess.run(["bash", str(SHARED_TOOLS / "podman-setup.sh"), "--stop"], capture_output=True, timeout=60)
 
 
 def _find_torch_wheel() -> str | None:
@@ -139,7 +131,7 @@ def _find_torch_wheel() -> str | None:
 
 def image_inputs_hash(*extra: str) -> str:
     """Hash of the files the CPU image is built from (plus ``extra`` strings such as the base image ID)."""
-    files = [REPO / "images" / "Dockerfile", REPO / "images" / "pyproject_requirements.py", REPO / ".dockerignore",
+    files = [IMAGES / "Dockerfile", IMAGES / "pyproject_requirements.py", REPO / ".dockerignore",
              REPO / "pyproject.toml", REPO / "setup.py", REPO / "README.md"]
     for package in ("msenc_lib", "cli", "components", "pipelines"):
         files += sorted(p for p in (REPO / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
@@ -169,10 +161,10 @@ def msenc_image(docker_api: DockerApi) -> str:
         base = LOCAL_BASE_IMAGE
         if _image_id(client, base) is None:
             t0 = time.monotonic()
-            out = subprocess.run(["bash", str(SHARED_TOOLS / "build-base-image.sh"), base], capture_output=True,
-                                 text=True, timeout=1200)
+            out = subprocess.run(["bash", str(IMAGES / "base-image.sh"), base], capture_output=True, text=True,
+                                 timeout=1200)
             if out.returncode != 0:
-                pytest.fail(f"build-base-image.sh {base} failed:\n{out.stderr[-3000:]}")
+                pytest.fail(f"images/base-image.sh {base} failed:\n{out.stderr[-3000:]}")
             print(f"\n[container tests] built base image {base} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     wheel = _find_torch_wheel()
     base_id = (_image_id(client, base) if base else None) or "dockerfile-default"

@@ -160,7 +160,7 @@ def test_image_reports_bad_input_with_exit_code_2(docker_api, msenc_image):
                                ["msenc", "launch", "pytorchjob", "--render", "--image", "x", "--data-uri",
                                 "/data/split", "--output-uri", "s3://b/m"])
     assert code == 2, logs
-    assert "data_uri" in logs and "must be an s3:// URI" in logs
+    assert "data_uri" in logs and "must be an s3:// (or minio://) URI" in logs
 
 
 @pytest.mark.container

@@ -121,3 +121,19 @@ def test_remove_deletes_the_folder_and_only_it(base):
     assert not storage.exists(storage.join(base, "run"))
     assert storage.read_bytes(storage.join(base, "run-2", "x.json")) == b"1"
     storage.remove(storage.join(base, "run"))  # nothing there: no error
+
+
+def test_object_uri_normalises_kfp_artifact_uris_and_mirror_paths(s3):
+    assert storage.object_uri("minio://mlpipeline/v2/artifacts/p/r/t/model") == "s3://mlpipeline/v2/artifacts/p/r/t/model"
+    assert storage.object_uri("/minio/mlpipeline/v2/artifacts/x") == "s3://mlpipeline/v2/artifacts/x"
+    assert storage.object_uri("/s3/bucket/prefix/a.csv") == "s3://bucket/prefix/a.csv"
+    assert storage.object_uri("s3://bucket/k") == "s3://bucket/k"
+    assert storage.object_uri("/data/local/split") == "/data/local/split"  # a plain path stays a path
+    assert storage.object_uri("/minions/x") == "/minions/x"
+    for gcs in ("gs://bucket/k", "/gcs/bucket/k"):
+        with pytest.raises(StorageError, match="Google Cloud Storage is not supported"):
+            storage.object_uri(gcs)
+    # minio:// is the same S3 protocol: readable and writable directly
+    storage.write_text(f"minio://{s3.bucket}/kfp/a.txt", "via minio")
+    assert storage.read_text(s3.uri("kfp", "a.txt")) == "via minio"
+    assert storage.list_files(f"minio://{s3.bucket}/kfp") == [s3.uri("kfp", "a.txt")]

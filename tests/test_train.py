@@ -297,7 +297,8 @@ def test_s3_data_and_output_with_checkpoint_pruning_and_resume(split_dir, s3):
 
 @pytest.mark.slow
 def test_rendered_pytorchjob_commands_train_with_the_operator_env_on_s3(split_dir, s3, tmp_path):
-    from msenc_lib.launch.pytorchjob import PyTorchJobConfig, render_pytorchjob, replica_processes
+    from fake_k8s import replica_processes
+    from msenc_lib.launch.pytorchjob import PyTorchJobConfig, render_pytorchjob
 
     storage.copy_tree(str(split_dir), s3.uri("split"))
     cfg(eval_every=3, save_every=3).save(s3.uri("configs", "train.yaml"))

@@ -14,6 +14,7 @@ def data(
     format: str = "auto",
     size: str = "tiny",
     seed: int = 0,
+    source_fingerprint: str = "",
     config_yaml: str = "",
 ) -> NamedTuple("DataOutputs", [("n_cells", int), ("n_rows", int)]):
     """Unified battery table (one Parquet file per cell).
@@ -21,23 +22,16 @@ def data(
     With an empty ``source_uri`` the embedded synthetic cycler data is generated (``size`` tiny|demo|bench,
     ``seed``). Otherwise ``source_uri`` (s3:// or a path the pod can read: unified CSV/Parquet, Severson
     .mat or batch pickles) is ingested with ``format`` auto|csv|parquet|severson-mat|severson-pickle.
-    ``config_yaml`` sets further fields of GenerateDataConfig / IngestConfig.
+    ``source_fingerprint`` (the ``fingerprint`` step's hash of ``source_uri``) is not read: it keys KFP's cache
+    to the source's content. ``config_yaml`` sets further fields of GenerateDataConfig / IngestConfig.
     """
     from collections import namedtuple
 
-    from msenc_lib.kfp_support import annotate, component_config
+    from msenc_lib.kfp_support import annotate, unified_table
 
-    if source_uri:
-        from msenc_lib.ingest import IngestConfig, run_ingest
-
-        cfg = component_config(IngestConfig, config_yaml, format=format, progress=False)
-        result = run_ingest(cfg, source_uri, unified.path, overwrite=True)
-    else:
-        from msenc_lib.data.synthetic import GenerateDataConfig, run_generate_data
-
-        cfg = component_config(GenerateDataConfig, config_yaml, size=size, seed=seed, progress=False)
-        result = run_generate_data(cfg, unified.path, overwrite=True)
+    result = unified_table(unified.path, source_uri, config_yaml, format=format, size=size, seed=seed)
     annotate(unified, result, ("n_cells", "n_rows"))
+    unified.metadata["source_fingerprint"] = source_fingerprint
     return namedtuple("DataOutputs", ["n_cells", "n_rows"])(result.n_cells, result.n_rows)
 
 

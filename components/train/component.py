@@ -19,61 +19,46 @@ def train(
     job_image: str = "",
     workers: int = 2,
     gpus_per_worker: int = 1,
+    job_cpu: str = "4",
+    job_memory: str = "16Gi",
     namespace: str = "",
     node_selector: str = "",
     tolerations: str = "",
+    service_account: str = "",
     storage_secret: str = "msenc-storage",
+    access_key_key: str = "AWS_ACCESS_KEY_ID",
+    secret_key_key: str = "AWS_SECRET_ACCESS_KEY",
+    s3_endpoint: str = "",
+    run_id: str = "",
+    step_name: str = "",
     config_yaml: str = "",
 ) -> NamedTuple("TrainOutputs", [("steps", int), ("final_loss", float)]):
     """Masked-LM + number-token pretraining of the encoder on the split's train subset.
 
     ``preset`` (tiny|small|seed) picks the model size; ``max_steps`` 0 keeps the config's value;
-    ``init_model_uri`` warm-starts from an earlier model (scheduled retraining). ``backend`` "local" trains
-    in this pod (DDP under torchrun if launched so); "pytorchjob" runs a Kubeflow Training Operator
-    PyTorchJob of ``workers`` pods with ``gpus_per_worker`` GPUs on ``job_image`` (the msenc image),
-    reading the split from and writing the model to object storage (credentials from the Secret
-    ``storage_secret``); ``node_selector`` "k=v,k2=v2" and ``tolerations`` "key=value:Effect,..." place
-    the pods. ``config_yaml`` sets further TrainConfig fields.
+    ``init_model_uri`` warm-starts from an earlier model or export location (scheduled retraining).
+    ``backend`` "local" trains in this pod; "pytorchjob" runs a Kubeflow Training Operator PyTorchJob of
+    ``workers`` pods with ``gpus_per_worker`` GPUs, ``job_cpu``/``job_memory`` each, on ``job_image`` (the
+    msenc CUDA image), in ``namespace`` (empty: this pod's), as ``service_account``, with the S3 credentials
+    of the Secret ``storage_secret`` (keys ``access_key_key``/``secret_key_key``; endpoint ``s3_endpoint`` or
+    the Secret's AWS_ENDPOINT_URL). ``node_selector`` "k=v,k2=v2" and ``tolerations`` "key=value:Effect,..."
+    place its pods; ``run_id``/``step_name`` label them. ``config_yaml`` sets further TrainConfig fields.
     """
-    import json
     from collections import namedtuple
 
-    from msenc_lib import storage
     from msenc_lib.kfp_support import annotate, component_config
-    from msenc_lib.train import TrainConfig, run_train
+    from msenc_lib.launch.step import run_train_step
+    from msenc_lib.train import TrainConfig
 
-    overrides = dict(preset=preset, seed=seed, init_model=init_model_uri or None, progress=False)
-    if max_steps:
-        overrides["max_steps"] = max_steps
-    cfg = component_config(TrainConfig, config_yaml, **overrides)
-    outputs = namedtuple("TrainOutputs", ["steps", "final_loss"])
-
-    if backend == "local":
-        result = run_train(cfg, split.path, model.path)
-        annotate(model, result, ("steps", "final_loss", "tokens_per_s"))
-        return outputs(result.steps, result.final_loss)
-    if backend != "pytorchjob":
-        raise ValueError(f"backend must be 'local' or 'pytorchjob', got {backend!r}")
-    if not job_image:
-        raise ValueError("backend 'pytorchjob' needs job_image: the msenc image the training pods run")
-
-    from msenc_lib.launch.pytorchjob import PyTorchJobConfig, run_pytorchjob
-
-    output_uri = model.uri  # object storage in a cluster (s3:// or KFP's minio://)
-    config_uri = output_uri.rstrip("/") + "-config/train_config.yaml"
-    cfg.save(config_uri.replace("minio://", "s3://", 1))
-    job = PyTorchJobConfig(
-        image=job_image, data_uri=split.uri, output_uri=output_uri, train_config=config_uri,
-        workers=workers, gpus_per_worker=gpus_per_worker, namespace=namespace or None,
-        node_selector=dict(kv.split("=", 1) for kv in node_selector.split(",") if kv.strip()),
-        tolerations=[t.strip() for t in tolerations.split(",") if t.strip()], storage_secret=storage_secret)
-    launched = run_pytorchjob(job)
-    # the job wrote the model to object storage; copy it into this step's artifact as well
-    storage.download(launched.model_uri, model.path)
-    metrics = [json.loads(line) for line in open(f"{model.path}/metrics.jsonl") if line.strip()]
-    train_rows = [m for m in metrics if "loss" in m]
-    model.metadata["pytorchjob"] = launched.job_name
-    return outputs(train_rows[-1]["step"] if train_rows else 0, train_rows[-1]["loss"] if train_rows else float("nan"))
+    cfg = component_config(TrainConfig, config_yaml, preset=preset, seed=seed, init_model=init_model_uri or None,
+                           progress=False, **({"max_steps": max_steps} if max_steps else {}))
+    job = dict(image=job_image, workers=workers, gpus_per_worker=gpus_per_worker, cpu=job_cpu, memory=job_memory,
+               namespace=namespace, node_selector=node_selector, tolerations=tolerations,
+               service_account=service_account, storage_secret=storage_secret, access_key_key=access_key_key,
+               secret_key_key=secret_key_key, s3_endpoint=s3_endpoint, run_id=run_id, step_name=step_name)
+    result = run_train_step(cfg, split.path, split.uri, model.path, model.uri, backend=backend, job=job)
+    annotate(model, result, ("backend", "steps", "final_loss", "tokens_per_s", "job_name"))
+    return namedtuple("TrainOutputs", ["steps", "final_loss"])(result.steps, result.final_loss)
 
 
 def build(image: str = DEFAULT_IMAGE):

@@ -11,21 +11,31 @@ The training command contract (the train task implements it)::
                               [--preset NAME] [--max-steps N] [--resume]
 
 It reads ``MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK`` (the Training Operator's env) or torchrun's env and
-runs DDP when ``WORLD_SIZE > 1``. Data and output are ``s3://`` URIs; the S3 credentials come from the env
-(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from a Secret, endpoint ``AWS_ENDPOINT_URL``).
+runs DDP when ``WORLD_SIZE > 1``. Data, output and config are ``s3://`` URIs (KFP's ``minio://`` artifact
+URIs and ``/minio/...`` mirror paths are normalised by :func:`msenc_lib.storage.object_uri`); the S3
+credentials come from the env (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from a Secret, endpoint
+``AWS_ENDPOINT_URL``).
+
+Inside a cluster the launcher knows its own pod (:func:`current_pod`): the namespace from the service-account
+mount, and in a KFP step the pod's name and UID (``KFP_POD_NAME``/``KFP_POD_UID``), which become the job's
+``ownerReference`` so that Kubernetes deletes the job with the step's pod.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import math
+import os
 import re
 import signal
 import threading
-from typing import Any, ClassVar, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Mapping
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from msenc_lib import storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import MsencError
 
@@ -41,6 +51,10 @@ _K8S_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _QUALIFIED_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# Where every pod finds its namespace and API token.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+RUN_ID_LABEL = "msenc/run-id"
+STEP_LABEL = "msenc/step"
 
 
 class LaunchError(MsencError):
@@ -101,12 +115,6 @@ def storage_env(secret_name: str, *, access_key_key: str = "AWS_ACCESS_KEY_ID",
     return env
 
 
-def to_s3_uri(uri: str) -> str:
-    """``minio://bucket/key`` (how Kubeflow Pipelines names artifacts in its MinIO) -> ``s3://bucket/key``;
-    other URIs unchanged. The MinIO endpoint then comes from the storage Secret or ``s3_endpoint``."""
-    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
-
-
 # ------------------------------------------------------------------------------------------ scheduling
 def parse_key_value(text: str, what: str = "node selector") -> tuple[str, str]:
     """``key=value`` -> (key, value), checked against Kubernetes label syntax."""
@@ -119,6 +127,27 @@ def parse_key_value(text: str, what: str = "node selector") -> tuple[str, str]:
     if len(value) > 63 or not _LABEL_VALUE.match(value):
         raise ValueError(f"{what} {text!r}: {value!r} is not a valid label value")
     return key, value
+
+
+def parse_key_values(value: Any, what: str = "node selector") -> dict[str, str]:
+    """A mapping, or ``"k=v,k2=v2"`` (how CLI flags and pipeline parameters spell it), checked as labels."""
+    if isinstance(value, str):
+        return dict(parse_key_value(kv, what) for kv in value.split(",") if kv.strip())
+    return dict(parse_key_value(f"{k}={v}", what) for k, v in dict(value or {}).items())
+
+
+def quantity(text: Any) -> str:
+    """A Kubernetes resource quantity (``4``, ``500m``, ``16Gi``), checked."""
+    v = str(text).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?", v):
+        raise ValueError(f"{v!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+    return v
+
+
+def label_value(text: str) -> str:
+    """``text`` made a valid label value (63 characters of ``[A-Za-z0-9-_.]``, alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]", "-", str(text))[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
 
 
 def parse_toleration(text: str) -> dict[str, str]:
@@ -147,54 +176,73 @@ def parse_toleration(text: str) -> dict[str, str]:
 class LaunchConfig(StageConfig):
     """Settings every training launcher needs: what to run, on how many pods, with which resources."""
 
-    image: str = Field(description="container image with msenc installed (images/Dockerfile or "
-                       "images/Dockerfile.cuda), as the cluster pulls it")
-    data_uri: str = Field(description="s3:// URI of the split dataset (output of `msenc split`)")
-    output_uri: str = Field(description="s3:// URI where the trained model is written")
+    image: str = Field(description="container image with msenc installed (images/Dockerfile.cuda for GPUs, "
+                       "images/Dockerfile for CPUs), as the cluster pulls it: a registry reference, never localhost/")
+    data_uri: str = Field(description="s3:// (or minio://) URI of the split dataset (output of `msenc split`)")
+    output_uri: str = Field(description="s3:// (or minio://) URI where the trained model is written")
     workers: int = Field(1, ge=1, description="pods in all (1 master + workers-1 workers)")
     gpus_per_worker: int = Field(0, ge=0, description="GPUs per pod (nvidia.com/gpu limit); >1 runs torchrun "
                                  "with one process per GPU")
     namespace: str | None = Field(None, description="namespace of the job; unset: the pod's own namespace in a "
-                                  "cluster, else the kubeconfig context's, else 'default'")
+                                  "cluster (service-account mount), else the kubeconfig context's, else 'default'")
     name: str | None = Field(None, description="job name; unset: msenc-train-<time>-<random>")
-    train_config: str | None = Field(None, description="URI of a train config YAML passed to the trainer")
+    train_config: str | None = Field(None, description="s3:// URI of a train config YAML passed to the trainer")
     preset: str | None = Field(None, description="model/training preset passed to the trainer")
     max_steps: int | None = Field(None, ge=1, description="stop training after this many optimizer steps")
     resume: bool = Field(False, description="resume from the checkpoints under the output URI")
     extra_train_args: list[str] = Field(default_factory=list, description="more arguments for the trainer")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods (k=v)")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods: "
+                                          "key=value pairs (\"k=v,k2=v2\" as text)")
     tolerations: list[str] = Field(default_factory=list, description="tolerations of the pods, as "
                                    "key=value:Effect, key:Effect, key=value or key")
-    service_account: str | None = Field(None, description="ServiceAccount of the training pods")
+    service_account: str | None = Field(None, description="ServiceAccount of the training pods (the trainer's, "
+                                        "without API rights: msenc-trainer in manifests/); unset: the "
+                                        "namespace's default")
     storage_secret: str = Field("msenc-storage", description="Secret with the S3 credentials (and optionally "
-                                "AWS_ENDPOINT_URL / AWS_DEFAULT_REGION)")
+                                "AWS_ENDPOINT_URL / AWS_DEFAULT_REGION) in the job's namespace")
     access_key_key: str = Field("AWS_ACCESS_KEY_ID", description="key of the access key id in the Secret")
     secret_key_key: str = Field("AWS_SECRET_ACCESS_KEY", description="key of the secret access key in the Secret")
     s3_endpoint: str | None = Field(None, description="S3 endpoint URL for the pods; unset: the Secret's "
                                     "AWS_ENDPOINT_URL key if present, else AWS")
     s3_region: str | None = Field(None, description="S3 region for the pods; unset: the Secret's "
                                   "AWS_DEFAULT_REGION key if present")
-    cpu: str | None = Field(None, description="CPU request per pod, e.g. 4 or 3500m")
-    memory: str | None = Field(None, description="memory request and limit per pod, e.g. 32Gi")
+    cpu: str = Field("4", description="CPU request per pod, e.g. 4 or 3500m")
+    cpu_limit: str | None = Field(None, description="CPU limit per pod; unset: the request")
+    memory: str = Field("16Gi", description="memory request and limit per pod, e.g. 32Gi")
     shm_size: str | None = Field("2Gi", description="size of the in-memory /dev/shm of each pod (NCCL and "
                                  "DataLoader workers need more than the runtime's 64 MB); empty: none")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables of the trainer")
     image_pull_policy: str | None = Field(None, description="Always, IfNotPresent or Never; unset: Kubernetes' "
                                           "rule (Always for :latest, else IfNotPresent)")
-    timeout: float = Field(86400.0, gt=0, description="seconds to wait for the job to finish before failing "
-                           "(also the job's activeDeadlineSeconds)")
+    run_id: str | None = Field(None, description="pipeline run id, set as the label msenc/run-id of the job "
+                               "and its pods (kubectl get pytorchjobs -l msenc/run-id=...)")
+    step_name: str | None = Field(None, description="pipeline step name, set as the label msenc/step")
+    timeout: float | None = Field(None, gt=0, description="seconds the job may run (its activeDeadlineSeconds) "
+                                  "and the launcher waits; unset: setup_allowance_s + max_steps x "
+                                  "step_time_budget_s")
+    step_time_budget_s: float = Field(10.0, gt=0, description="seconds allowed per training step when the "
+                                      "deadline is derived from max_steps")
+    setup_allowance_s: float = Field(1800.0, ge=0, description="seconds allowed for scheduling, image pulls "
+                                     "and data loading when the deadline is derived")
+    deadline_grace_s: float = Field(120.0, ge=0, description="the launcher waits this much longer than the job's "
+                                    "deadline, so that the operator's DeadlineExceeded is what it reports")
     keep: bool = Field(False, description="keep the finished job and its pods instead of deleting them; a "
                        "cancelled launch always deletes its job")
     poll_interval: float = Field(5.0, gt=0, description="seconds between two status reads of the job")
     stuck_grace: float = Field(180.0, ge=0, description="seconds a pod may stay in an image-pull or "
-                               "container-config error before the launch fails")
+                               "container-config error (or the job without pods) before the launch fails")
 
-    @field_validator("data_uri", "output_uri")
+    @field_validator("data_uri", "output_uri", "train_config")
     @classmethod
-    def _s3_only(cls, v: str) -> str:
-        v = to_s3_uri(str(v))
-        if not v.startswith("s3://") or len(v) <= len("s3://"):
-            raise ValueError("must be an s3:// URI: the training pods cannot see local paths")
+    def _object_storage(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            v = storage.object_uri(v)
+        except MsencError as e:
+            raise ValueError(str(e)) from None
+        if not v.startswith(storage.S3_PREFIX) or len(v) <= len(storage.S3_PREFIX):
+            raise ValueError("must be an s3:// (or minio://) URI: the training pods cannot see local paths")
         return v
 
     @field_validator("name")
@@ -205,12 +253,10 @@ class LaunchConfig(StageConfig):
                              "'-', starting with a letter): the operator derives pod and service names from it")
         return v
 
-    @field_validator("node_selector")
+    @field_validator("node_selector", mode="before")
     @classmethod
-    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            parse_key_value(f"{key}={value}")
-        return v
+    def _node_selector(cls, v: Any) -> dict[str, str]:
+        return parse_key_values(v)
 
     @field_validator("tolerations")
     @classmethod
@@ -219,15 +265,15 @@ class LaunchConfig(StageConfig):
             parse_toleration(t)
         return v
 
-    @field_validator("cpu", "memory", "shm_size")
+    @field_validator("cpu", "cpu_limit", "memory", "shm_size")
     @classmethod
     def _quantity(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        v = str(v).strip()
-        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?", v):
-            raise ValueError(f"{v!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
-        return v
+        return None if v in (None, "") else quantity(v)
+
+    @field_validator("run_id", "step_name")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return label_value(v) or None if v else None
 
     @field_validator("env")
     @classmethod
@@ -251,6 +297,9 @@ class LaunchConfig(StageConfig):
     def _image_set(self) -> LaunchConfig:
         if not self.image.strip():
             raise ValueError("image must not be empty")
+        if self.image.startswith("localhost/"):
+            raise ValueError(f"image {self.image!r}: a cluster cannot pull a localhost/ image; push it to a "
+                             "registry the nodes reach and use that reference")
         return self
 
     def command(self) -> list[str]:
@@ -262,6 +311,56 @@ class LaunchConfig(StageConfig):
         env = storage_env(self.storage_secret, access_key_key=self.access_key_key,
                           secret_key_key=self.secret_key_key, endpoint=self.s3_endpoint, region=self.s3_region)
         return env + [{"name": key, "value": value} for key, value in self.env.items()]
+
+    def deadline_s(self) -> int:
+        """The job's activeDeadlineSeconds: ``timeout``, else derived from the training budget."""
+        if self.timeout is not None:
+            return int(math.ceil(self.timeout))
+        from msenc_lib.train import TrainConfig
+
+        steps = self.max_steps or TrainConfig.model_fields["max_steps"].default
+        return int(math.ceil(self.setup_allowance_s + steps * self.step_time_budget_s))
+
+    def job_labels(self) -> dict[str, str]:
+        labels = {"app.kubernetes.io/name": "msenc", "app.kubernetes.io/component": "train",
+                  "app.kubernetes.io/managed-by": "msenc-launch"}
+        if self.run_id:
+            labels[RUN_ID_LABEL] = self.run_id
+        if self.step_name:
+            labels[STEP_LABEL] = self.step_name
+        return labels
+
+
+# ------------------------------------------------------------------------------------ the launcher's pod
+@dataclass(frozen=True)
+class PodIdentity:
+    """The pod this process runs in (a KFP step): the owner of the jobs it launches."""
+
+    name: str
+    uid: str
+    namespace: str | None  # None: unknown (no service-account mount)
+
+    def owner_reference(self) -> dict[str, Any]:
+        # no blockOwnerDeletion: setting it needs update rights on pods/finalizers, which steps do not have
+        return {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid, "controller": False}
+
+
+def pod_namespace(service_account_dir: str | None = None) -> str | None:
+    """The namespace of the pod this process runs in (its service-account mount), else None."""
+    path = os.path.join(service_account_dir or SERVICE_ACCOUNT_DIR, "namespace")
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(path):
+        with open(path) as f:
+            return f.read().strip() or None
+    return None
+
+
+def current_pod(environ: Mapping[str, str] | None = None) -> PodIdentity | None:
+    """This KFP step's pod (``KFP_POD_NAME``/``KFP_POD_UID``, set by KFP in every step pod), else None."""
+    environ = os.environ if environ is None else environ
+    name, uid = environ.get("KFP_POD_NAME"), environ.get("KFP_POD_UID")
+    if not (name and uid):
+        return None
+    return PodIdentity(name=name, uid=uid, namespace=pod_namespace())
 
 
 # ------------------------------------------------------------------------------------------ the result

@@ -1,12 +1,12 @@
 """Run the training entry point as a Kubeflow Training Operator ``kubeflow.org/v1`` PyTorchJob.
 
-``render_pytorchjob(cfg)`` builds the job (1 Master + ``workers-1`` Workers, container ``pytorch``, GPU
-limits, scheduling, S3 credentials by ``secretKeyRef``) with the kubeflow-training SDK's models.
-``run_pytorchjob(cfg)`` creates it, follows its conditions (Created -> Running -> Succeeded/Failed) and the
-master's log, fails with the job's and the pods' reasons (image pull errors, OOMKilled, unschedulable, ...),
-deletes it at the end unless ``keep`` (always when cancelled by SIGTERM/Ctrl-C) and returns the model URI.
-``replica_processes(job)`` gives each replica's command and env the way the operator and kubelet set them, so
-the rendered commands can be run as local processes.
+``render_pytorchjob(cfg)`` builds the job (1 Master + ``workers-1`` Workers, container ``pytorch``, CPU/memory
+requests and limits, GPU limits, scheduling, the restricted Pod Security Standard, S3 credentials by
+``secretKeyRef``, run/step labels, an ``ownerReference`` to the KFP step pod that launches it, a finite
+``activeDeadlineSeconds``) with the kubeflow-training SDK's models. ``run_pytorchjob(cfg)`` creates it with the
+SDK's ``TrainingClient``, follows its conditions (Created -> Running -> Succeeded/Failed) and the master's log,
+fails with the job's and the pods' reasons (image pull errors, OOMKilled, unschedulable, ...), deletes it at
+the end unless ``keep`` (always when cancelled by SIGTERM/Ctrl-C) and returns the model URI.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ from __future__ import annotations
 import collections
 import copy
 import json
-import math
 import os
-import re
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
 
 from pydantic import Field
 
@@ -30,8 +27,11 @@ from msenc_lib.launch.base import (
     LaunchConfig,
     LaunchError,
     LaunchResult,
+    PodIdentity,
     TrainLauncher,
+    current_pod,
     parse_toleration,
+    pod_namespace,
     sigterm_cancels,
 )
 
@@ -101,24 +101,30 @@ def to_data(model: Any) -> Any:
     return api.sanitize_for_serialization(model)
 
 
-def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: str | None = None):
+def _owner(owner: PodIdentity | None, namespace: str | None) -> list[dict] | None:
+    """The step pod as the job's owner, unless the job goes to another namespace: an owner reference names
+    an object of the dependent's own namespace, and the garbage collector deletes a dependent whose owner is
+    not there at once."""
+    if owner is None or (namespace and owner.namespace and namespace != owner.namespace):
+        return None
+    return [owner.owner_reference()]
+
+
+def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: str | None = None,
+                     owner: PodIdentity | None = None):
     """The job as the SDK's ``KubeflowOrgV1PyTorchJob`` model."""
     from kubernetes import client as k8s
 
     _, m = _sdk()
     name = name or cfg.name or default_job_name()
     namespace = namespace or cfg.namespace  # None: left out, kubectl's current namespace applies
-    labels = {"app.kubernetes.io/name": "msenc", "app.kubernetes.io/component": "train",
-              "app.kubernetes.io/managed-by": "msenc-launch", **cfg.labels}
+    labels = {**cfg.job_labels(), **cfg.labels}
 
-    resources: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
-    if cfg.cpu:
-        resources["requests"]["cpu"] = cfg.cpu
-    if cfg.memory:
-        resources["requests"]["memory"] = cfg.memory
-        resources["limits"]["memory"] = cfg.memory
+    cpu_limit = cfg.cpu_limit or cfg.cpu
+    requests = {"cpu": cfg.cpu, "memory": cfg.memory}
+    limits = {"cpu": cpu_limit, "memory": cfg.memory}
     if cfg.gpus_per_worker:
-        resources["limits"][GPU_RESOURCE] = str(cfg.gpus_per_worker)
+        limits[GPU_RESOURCE] = str(cfg.gpus_per_worker)
 
     mounts, volumes = [], []
     if cfg.shm_size:
@@ -126,6 +132,8 @@ def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: 
         volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(
             medium="Memory", size_limit=cfg.shm_size)))
 
+    # the "restricted" Pod Security Standard: non-root, no privilege escalation, no capabilities, seccomp
+    seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=cfg.image,
@@ -133,10 +141,11 @@ def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: 
         command=cfg.command(),
         env=to_model(cfg.container_env(), "list[V1EnvVar]"),
         ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=cfg.master_port, protocol="TCP")],
-        resources=k8s.V1ResourceRequirements(requests=resources["requests"] or None,
-                                             limits=resources["limits"] or None),
+        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
         volume_mounts=mounts or None,
-        security_context=k8s.V1SecurityContext(allow_privilege_escalation=False),
+        security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]),
+            run_as_non_root=True, seccomp_profile=seccomp),
     )
     template = k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(
@@ -148,7 +157,7 @@ def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: 
             node_selector=dict(cfg.node_selector) or None,
             tolerations=to_model([parse_toleration(t) for t in cfg.tolerations], "list[V1Toleration]") or None,
             service_account_name=cfg.service_account,
-            security_context=k8s.V1PodSecurityContext(run_as_non_root=True),
+            security_context=k8s.V1PodSecurityContext(run_as_non_root=True, seccomp_profile=seccomp),
         ),
     )
 
@@ -161,14 +170,16 @@ def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: 
         replicas["Worker"] = replica(cfg.workers - 1)
     run_policy = m.KubeflowOrgV1RunPolicy(
         clean_pod_policy=cfg.clean_pod_policy,
-        active_deadline_seconds=int(math.ceil(cfg.timeout)),
+        active_deadline_seconds=cfg.deadline_s(),
         backoff_limit=cfg.backoff_limit,
         ttl_seconds_after_finished=cfg.ttl_seconds_after_finished,
     )
+    owners = _owner(owner, namespace)
     return m.KubeflowOrgV1PyTorchJob(
         api_version=API_VERSION,
         kind=KIND,
-        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=labels,
+                                  owner_references=to_model(owners, "list[V1OwnerReference]") if owners else None),
         spec=m.KubeflowOrgV1PyTorchJobSpec(
             pytorch_replica_specs=replicas,
             nproc_per_node=str(max(cfg.gpus_per_worker, 1)),
@@ -177,9 +188,10 @@ def build_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: 
     )
 
 
-def render_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: str | None = None) -> dict:
+def render_pytorchjob(cfg: PyTorchJobConfig, name: str | None = None, namespace: str | None = None,
+                      owner: PodIdentity | None = None) -> dict:
     """The job as plain data (what ``--render`` prints as YAML and what the API receives)."""
-    return to_data(build_pytorchjob(cfg, name, namespace))
+    return to_data(build_pytorchjob(cfg, name, namespace, owner))
 
 
 def render_yaml(job: Mapping[str, Any]) -> str:
@@ -188,231 +200,58 @@ def render_yaml(job: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(job), sort_keys=False, default_flow_style=False)
 
 
-# -------------------------------------------------------------------- the replicas as local processes
-@dataclass
-class ReplicaProcess:
-    """One pod of a rendered job, as the operator and the kubelet would start it."""
-
-    replica_type: str  # "Master" or "Worker"
-    index: int  # index within its replica type
-    rank: int  # node rank (RANK / PET_NODE_RANK): Master 0, Worker i -> i+1
-    command: list[str]
-    env: dict[str, str]  # the pod's env only: merge it over os.environ to run it locally
-
-
-_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def expand_var_refs(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion in command/args: defined names are replaced, ``$$`` -> ``$``,
-    unknown references stay as they are."""
-    def sub(m: re.Match) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return env.get(m.group(1), m.group(0))
-
-    return _VAR_REF.sub(sub, text)
-
-
-def _resolve_env(env_list: list[dict], secrets: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for e in env_list or []:
-        if "value" in e:
-            out[e["name"]] = expand_var_refs(str(e["value"]), out)
-            continue
-        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-        if ref is None:
-            raise LaunchError(f"env {e['name']}: only literal values and secretKeyRef can be emulated locally")
-        secret = secrets.get(ref["name"])
-        if secret is None or ref["key"] not in secret:
-            if ref.get("optional"):
-                continue
-            # what the kubelet reports as CreateContainerConfigError
-            raise LaunchError(f"env {e['name']}: secret {ref['name']!r} has no key {ref['key']!r}")
-        out[e["name"]] = str(secret[ref["key"]])
-    return out
-
-
-def replica_processes(job: Mapping[str, Any], *, master_addr: str = "127.0.0.1", master_port: int | None = None,
-                      secrets: Mapping[str, Mapping[str, str]] | None = None,
-                      python: str | None = None) -> list[ReplicaProcess]:
-    """Each replica's command and env of a rendered PyTorchJob, as the Training Operator sets them up.
-
-    The env is the container's own (``secretKeyRef`` resolved from ``secrets``: ``{secret: {key: value}}``)
-    followed by what the operator injects: ``MASTER_ADDR`` (here ``master_addr``; in a cluster the master's
-    service), ``MASTER_PORT`` (``master_port`` or the container's ``pytorchjob-port``), ``WORLD_SIZE`` (pods x
-    nprocPerNode), ``RANK`` and ``PET_NODE_RANK`` (Master 0, Worker i -> i+1), ``PET_NPROC_PER_NODE``,
-    ``PET_NNODES``, ``PYTHONUNBUFFERED``. ``$(VAR)`` references in the command are expanded like the kubelet
-    does. ``python`` replaces a leading ``python`` in the command (e.g. ``sys.executable``).
-    """
-    secrets = secrets or {}
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    unknown = set(specs) - {"Master", "Worker"}
-    if unknown or "Master" not in specs:
-        raise LaunchError(f"expected replica types Master (+ Worker), got {sorted(specs)}")
-    nnodes = sum(int(s.get("replicas", 1)) for s in specs.values())
-    nproc_txt = str(job["spec"].get("nprocPerNode") or "1")
-    nproc = int(nproc_txt) if nproc_txt.isdigit() else 1
-    master_container = _pytorch_container(specs["Master"])
-    if master_port is None:
-        ports = [p for p in master_container.get("ports", []) if p.get("name") == PORT_NAME]
-        master_port = int(ports[0]["containerPort"]) if ports else DEFAULT_PORT
-
-    out: list[ReplicaProcess] = []
-    for rtype in ("Master", "Worker"):
-        if rtype not in specs:
-            continue
-        container = _pytorch_container(specs[rtype])
-        for index in range(int(specs[rtype].get("replicas", 1))):
-            rank = index if rtype == "Master" else index + 1
-            env = _resolve_env(container.get("env", []), secrets)
-            env.update({
-                "PYTHONUNBUFFERED": "0",
-                "MASTER_PORT": str(master_port),
-                "MASTER_ADDR": master_addr,
-                "WORLD_SIZE": str(nnodes * nproc),
-                "RANK": str(rank),
-                "PET_NPROC_PER_NODE": nproc_txt,
-                "PET_NODE_RANK": str(rank),
-                "PET_NNODES": str(nnodes),
-            })
-            command = [expand_var_refs(a, env) for a in
-                       list(container.get("command") or []) + list(container.get("args") or [])]
-            if python and command and command[0] == "python":
-                command[0] = python
-            out.append(ReplicaProcess(rtype, index, rank, command, env))
-    return out
-
-
-def _pytorch_container(replica_spec: Mapping[str, Any]) -> dict:
-    for c in replica_spec["template"]["spec"]["containers"]:
-        if c["name"] == CONTAINER_NAME:
-            return c
-    raise LaunchError(f"replica has no container named {CONTAINER_NAME!r} (the operator requires it)")
-
-
 # ----------------------------------------------------------------------------------- the cluster API
-class JobApi(Protocol):
-    """The few Kubernetes calls the launcher makes (plain dicts with the API's camelCase keys)."""
+def kube_configuration(kubeconfig: str | None = None, context: str | None = None):
+    """Kubernetes client configuration: in-cluster (service-account token) in a pod, else the kubeconfig."""
+    from kubernetes import client, config
 
-    def create_job(self, namespace: str, body: dict) -> dict: ...
-    def get_job(self, namespace: str, name: str) -> dict | None: ...  # None: not found
-    def delete_job(self, namespace: str, name: str) -> bool: ...  # False: was not there
-    def list_pods(self, namespace: str, label_selector: str) -> list[dict]: ...
-    def read_log(self, namespace: str, pod: str, container: str, tail_lines: int | None = None) -> str: ...
-    def follow_log(self, namespace: str, pod: str, container: str) -> Iterator[str]: ...
+    configuration = client.Configuration()
+    try:
+        if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:  # KUBECONFIG is read now (the client reads it once, at import)
+            config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context,
+                                    client_configuration=configuration)
+    except Exception as e:  # the client raises ConfigException or plain errors on a broken kubeconfig
+        raise LaunchError(f"no Kubernetes API access: {e} (run inside a cluster or set KUBECONFIG)") from None
+    return configuration
 
 
-class KubernetesJobApi:
-    """:class:`JobApi` on the kubernetes client: in-cluster config in a pod, else the kubeconfig."""
+def training_client(kubeconfig: str | None = None, context: str | None = None):
+    """The kubeflow-training SDK's client for PyTorchJobs on the current cluster."""
+    from kubeflow.training import TrainingClient
 
-    def __init__(self, api_client=None):
-        from kubernetes import client
+    return TrainingClient(client_configuration=kube_configuration(kubeconfig, context), namespace="default")
 
-        self.api_client = api_client or client.ApiClient()
-        self.custom = client.CustomObjectsApi(self.api_client)
-        self.core = client.CoreV1Api(self.api_client)
 
-    @classmethod
-    def from_environment(cls, kubeconfig: str | None = None, context: str | None = None) -> KubernetesJobApi:
-        from kubernetes import config
+def api_status(error: BaseException) -> int | None:
+    """The HTTP status behind a TrainingClient error (it wraps the API's exception in a RuntimeError)."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    return getattr(cause, "status", None)
 
-        try:
-            if not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config()
-            else:  # KUBECONFIG is read now (the client reads it once, at import)
-                config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context)
-        except Exception as e:  # the client raises ConfigException or plain errors on a broken kubeconfig
-            raise LaunchError(f"no Kubernetes API access: {e} (run inside a cluster or set KUBECONFIG)") from None
-        return cls()
 
-    @staticmethod
-    def _error(e, what: str) -> LaunchError:
-        status = getattr(e, "status", None)
-        detail = getattr(e, "body", None) or str(e)
-        try:
-            detail = json.loads(detail).get("message", detail)
-        except (TypeError, ValueError, AttributeError):
-            pass
-        hint = {
-            403: " (the ServiceAccount lacks RBAC for pytorchjobs/pods: apply manifests/, see manifests/README.md)",
-            404: " (is the Kubeflow Training Operator installed? the PyTorchJob CRD kubeflow.org/v1 is missing)",
-            409: " (a job of that name exists: choose another name)",
-        }.get(status, "")
-        return LaunchError(f"{what}: HTTP {status}: {detail}{hint}")
-
-    def create_job(self, namespace: str, body: dict) -> dict:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        except ApiException as e:
-            raise self._error(e, f"creating PyTorchJob {namespace}/{body['metadata']['name']}") from None
-
-    def get_job(self, namespace: str, name: str) -> dict | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise self._error(e, f"reading PyTorchJob {namespace}/{name}") from None
-
-    def delete_job(self, namespace: str, name: str) -> bool:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name,
-                body=client.V1DeleteOptions(propagation_policy="Background"))
-            return True
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise self._error(e, f"deleting PyTorchJob {namespace}/{name}") from None
-
-    def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
-        except ApiException as e:
-            raise self._error(e, f"listing pods {label_selector} in {namespace}") from None
-        return self.api_client.sanitize_for_serialization(pods).get("items", [])
-
-    def read_log(self, namespace: str, pod: str, container: str, tail_lines: int | None = None) -> str:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            kwargs = {"tail_lines": tail_lines} if tail_lines else {}
-            return self.core.read_namespaced_pod_log(pod, namespace, container=container, **kwargs)
-        except ApiException:
-            return ""
-
-    def follow_log(self, namespace: str, pod: str, container: str) -> Iterator[str]:
-        resp = self.core.read_namespaced_pod_log(pod, namespace, container=container, follow=True,
-                                                 _preload_content=False)
-        try:
-            pending = b""
-            for chunk in resp.stream(4096):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode("utf-8", errors="replace")
-            if pending:
-                yield pending.decode("utf-8", errors="replace")
-        finally:
-            resp.release_conn()
+def api_error(error: BaseException, what: str) -> LaunchError:
+    cause = error.__cause__ if error.__cause__ is not None else error
+    status = getattr(cause, "status", None)
+    detail = getattr(cause, "body", None) or str(cause)
+    try:
+        detail = json.loads(detail).get("message", detail)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    hint = {
+        403: " (the ServiceAccount lacks RBAC for pytorchjobs/pods: apply manifests/, see manifests/README.md)",
+        404: " (is the Kubeflow Training Operator installed? the PyTorchJob CRD kubeflow.org/v1 is missing)",
+        409: " (a job of that name exists: choose another name)",
+        422: " (the API server rejected the job)",
+    }.get(status, "")
+    return LaunchError(f"{what}: HTTP {status}: {detail}{hint}")
 
 
 def default_namespace() -> str:
     """The pod's own namespace in a cluster, else the kubeconfig context's, else ``default``."""
-    sa_ns = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(sa_ns):
-        with open(sa_ns) as f:
-            return f.read().strip() or "default"
+    own = pod_namespace()
+    if own:
+        return own
     try:
         from kubernetes import config
 
@@ -483,18 +322,47 @@ def _container_started(pod: Mapping[str, Any]) -> tuple[str, int] | None:
     return None
 
 
+# The master's log is followed by hand: TrainingClient.get_job_logs(follow=True) prints to stdout and returns
+# only when every stream has ended, while the launcher streams to stderr as it watches the job's status.
+def follow_log(core_api, namespace: str, pod: str) -> Iterator[str]:
+    """The lines of the pytorch container's log as they come (until the container ends)."""
+    resp = core_api.read_namespaced_pod_log(pod, namespace, container=CONTAINER_NAME, follow=True,
+                                            _preload_content=False)
+    try:
+        pending = b""
+        for chunk in resp.stream(4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+    finally:
+        resp.release_conn()
+
+
+def read_log(core_api, namespace: str, pod: str, tail_lines: int | None = None) -> str:
+    """The pytorch container's log so far ("" when it cannot be read)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        kwargs = {"tail_lines": tail_lines} if tail_lines else {}
+        return core_api.read_namespaced_pod_log(pod, namespace, container=CONTAINER_NAME, **kwargs)
+    except ApiException:
+        return ""
+
+
 class _LogFollower(threading.Thread):
     """Streams one container's log to ``echo`` (prefixed) and keeps the last lines for error messages."""
 
-    def __init__(self, api: JobApi, namespace: str, pod: str, echo: Callable[[str], None],
-                 tail: collections.deque):
+    def __init__(self, core_api, namespace: str, pod: str, echo: Callable[[str], None], tail: collections.deque):
         super().__init__(daemon=True, name=f"log-{pod}")
-        self.api, self.namespace, self.pod, self.echo, self.tail = api, namespace, pod, echo, tail
+        self.core_api, self.namespace, self.pod, self.echo, self.tail = core_api, namespace, pod, echo, tail
         self.error: str | None = None
 
     def run(self) -> None:
         try:
-            for line in self.api.follow_log(self.namespace, self.pod, CONTAINER_NAME):
+            for line in follow_log(self.core_api, self.namespace, self.pod):
                 self.tail.append(line)
                 self.echo(f"[{self.pod}] {line}")
         except Exception as e:  # a broken log stream must not fail the training job
@@ -510,13 +378,12 @@ def _stderr(line: str) -> None:
 class PyTorchJobLauncher(TrainLauncher):
     backend = "pytorchjob"
 
-    def __init__(self, config: PyTorchJobConfig, api: JobApi | None = None,
-                 echo: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, config: PyTorchJobConfig, client=None, echo: Callable[[str], None] | None = None,
+                 owner: PodIdentity | None = None):
         self.cfg = config
-        self._api = api
+        self._client = client
         self.echo = echo or _stderr
-        self.clock, self.sleep = clock, sleep
+        self.owner = owner if owner is not None else current_pod()
         self.name = config.name or default_job_name()
         self.namespace = config.namespace
         self.log_tail: collections.deque[str] = collections.deque(maxlen=30)
@@ -524,101 +391,131 @@ class PyTorchJobLauncher(TrainLauncher):
         self._followed: set[tuple[str, int]] = set()
 
     @property
-    def api(self) -> JobApi:
-        if self._api is None:
-            self._api = KubernetesJobApi.from_environment()
-        return self._api
+    def client(self):
+        if self._client is None:
+            self._client = training_client()
+        return self._client
 
     def render(self) -> dict[str, Any]:
-        return render_pytorchjob(self.cfg, self.name, self.namespace)
+        return render_pytorchjob(self.cfg, self.name, self.namespace, self.owner)
 
     def launch(self) -> LaunchResult:
-        api = self.api
+        client = self.client
         if not self.namespace:
             self.namespace = default_namespace()
-        job = self.render()
+        job = build_pytorchjob(self.cfg, self.name, self.namespace, self.owner)
         ns, name = self.namespace, self.name
-        t0 = self.clock()
+        if self.owner is not None and not job.metadata.owner_references:
+            self.echo(f"[msenc launch] the job goes to namespace {ns}, the step pod is in {self.owner.namespace}: "
+                      "no ownerReference; a cancelled run relies on the SIGTERM cleanup and the job's deadline")
+        t0 = time.monotonic()
         created = cancelled = False
         with sigterm_cancels():  # still installed during the cleanup below; a second SIGTERM is ignored
             try:
-                api.create_job(ns, job)
+                try:
+                    client.create_job(job=job, namespace=ns)
+                except RuntimeError as e:
+                    raise api_error(e, f"creating PyTorchJob {ns}/{name}") from None
                 created = True
                 self.echo(f"[msenc launch] created PyTorchJob {ns}/{name}: {self.cfg.workers} pod(s) x "
-                          f"{self.cfg.gpus_per_worker} GPU(s), image {self.cfg.image}")
-                self._wait(api, t0)
+                          f"{self.cfg.gpus_per_worker} GPU(s), image {self.cfg.image}, deadline "
+                          f"{job.spec.run_policy.active_deadline_seconds} s")
+                self._wait(client, t0)
             except KeyboardInterrupt:  # Ctrl-C or LaunchCancelled (SIGTERM)
                 cancelled = True
                 raise
             finally:
                 if created and (cancelled or not self.cfg.keep):
-                    self._delete(api, cancelled)
+                    self._delete(client, cancelled)
                 elif created:
                     self.echo(f"[msenc launch] kept PyTorchJob {ns}/{name} (delete it with: kubectl -n {ns} "
                               f"delete pytorchjob {name})")
         return LaunchResult(backend=self.backend, job_name=name, namespace=ns, state="Succeeded",
-                            model_uri=self.cfg.output_uri, duration_s=round(self.clock() - t0, 3),
+                            model_uri=self.cfg.output_uri, duration_s=round(time.monotonic() - t0, 3),
                             kept=self.cfg.keep)
 
     # -- internals
-    def _delete(self, api: JobApi, cancelled: bool) -> None:
+    def _delete(self, client, cancelled: bool) -> None:
+        from kubernetes import client as k8s
+
         why = "cancelled: " if cancelled else ""
         try:
-            existed = api.delete_job(self.namespace, self.name)
-            self.echo(f"[msenc launch] {why}deleted PyTorchJob {self.namespace}/{self.name}"
-                      + ("" if existed else " (it was already gone)"))
-        except Exception as e:
-            self.echo(f"[msenc launch] {why}could not delete PyTorchJob {self.namespace}/{self.name}: {e}")
+            client.delete_job(self.name, self.namespace,
+                              delete_options=k8s.V1DeleteOptions(propagation_policy="Background"))
+            self.echo(f"[msenc launch] {why}deleted PyTorchJob {self.namespace}/{self.name}")
+        except RuntimeError as e:
+            if api_status(e) == 404:
+                self.echo(f"[msenc launch] {why}deleted PyTorchJob {self.namespace}/{self.name} (it was already gone)")
+            else:
+                self.echo(f"[msenc launch] {why}could not delete PyTorchJob {self.namespace}/{self.name}: {e}")
 
-    def _wait(self, api: JobApi, t0: float) -> None:
+    def _pods(self, client) -> list[dict]:
+        try:
+            pods = client.get_job_pods(self.name, self.namespace)
+        except RuntimeError as e:
+            raise api_error(e, f"listing the pods of PyTorchJob {self.namespace}/{self.name}") from None
+        return client.core_api.api_client.sanitize_for_serialization(pods)
+
+    def _wait(self, client, t0: float) -> None:
         ns, name, cfg = self.namespace, self.name, self.cfg
-        deadline = t0 + cfg.timeout
-        selector = f"{JOB_NAME_LABEL}={name}"
-        last: tuple[str, str] | None = None
+        seen = {"last": None}
         first_seen: dict[tuple[str, str, str], float] = {}
-        while True:
-            job = api.get_job(ns, name)
-            if job is None:
-                raise LaunchError(f"PyTorchJob {ns}/{name} disappeared while running (deleted by someone else?)")
+
+        def watch(job_model) -> None:  # TrainingClient calls this after each status read
+            job = to_data(job_model)
             state, reason, message = job_state(job)
-            if (state, reason) != last:
+            if (state, reason) != seen["last"]:
                 detail = f" ({reason}: {message})" if reason or message else ""
                 self.echo(f"[msenc launch] {ns}/{name}: {state}{detail}")
-                last = (state, reason)
-            pods = api.list_pods(ns, selector)
-            self._follow_master(api, pods)
+                seen["last"] = (state, reason)
+            pods = self._pods(client)
+            self._follow_master(client, pods)
             if state == "Succeeded":
                 self._drain_logs()
                 return
             if state == "Failed":
                 self._drain_logs()
-                raise LaunchError(self._failure(f"PyTorchJob {ns}/{name} failed: {reason}: {message}", api,
-                                                api.list_pods(ns, selector)))
-            now = self.clock()
+                raise LaunchError(self._failure(f"PyTorchJob {ns}/{name} failed: {reason}: {message}", client,
+                                                self._pods(client)))
+            now = time.monotonic()
+            if not pods and now - t0 >= cfg.stuck_grace > 0:
+                raise LaunchError(self._failure(
+                    f"PyTorchJob {ns}/{name}: no pods after {cfg.stuck_grace:g} s (a missing ServiceAccount "
+                    f"{cfg.service_account or 'default'}, a quota or an admission policy may block them: "
+                    f"kubectl -n {ns} describe pytorchjob {name})", client, pods))
             for pod in pods:
                 status = pod.get("status") or {}
                 for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-                    waiting = (cs.get("state") or {}).get("waiting") or {}
-                    why = waiting.get("reason")
+                    why = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
                     if why in FATAL_WAITING or why in STUCK_WAITING:
                         key = (pod["metadata"]["name"], cs.get("name", ""), why)
                         since = first_seen.setdefault(key, now)
                         if why in FATAL_WAITING or now - since >= cfg.stuck_grace:
                             raise LaunchError(self._failure(
-                                f"PyTorchJob {ns}/{name}: pod {key[0]} cannot start ({why})", api, pods))
-            if now >= deadline:
-                raise LaunchError(self._failure(
-                    f"PyTorchJob {ns}/{name} timed out after {cfg.timeout:g} s in state {state}", api, pods))
-            self.sleep(max(0.0, min(cfg.poll_interval, deadline - now)))
+                                f"PyTorchJob {ns}/{name}: pod {key[0]} cannot start ({why})", client, pods))
 
-    def _follow_master(self, api: JobApi, pods: list[dict]) -> None:
+        timeout = cfg.deadline_s() + cfg.deadline_grace_s
+        try:
+            client.wait_for_job_conditions(name, ns, wait_timeout=timeout, polling_interval=cfg.poll_interval,
+                                           callback=watch)
+        except TimeoutError:
+            state = seen["last"][0] if seen["last"] else "Pending"
+            raise LaunchError(self._failure(f"PyTorchJob {ns}/{name} timed out after {timeout:g} s in state {state}",
+                                            client, self._pods(client))) from None
+        except RuntimeError as e:
+            if api_status(e) == 404:
+                raise LaunchError(f"PyTorchJob {ns}/{name} disappeared while running (deleted by someone else, "
+                                  "or garbage-collected with its owner?)") from None
+            raise api_error(e, f"reading PyTorchJob {ns}/{name}") from None
+
+    def _follow_master(self, client, pods: list[dict]) -> None:
         if self._follower is not None and self._follower.is_alive():
             return
         for pod in pods:
             started = _container_started(pod) if _is_master(pod) else None
             if started and started not in self._followed:
                 self._followed.add(started)
-                self._follower = _LogFollower(api, self.namespace, pod["metadata"]["name"], self.echo,
+                self._follower = _LogFollower(client.core_api, self.namespace, pod["metadata"]["name"], self.echo,
                                               self.log_tail)
                 self._follower.start()
 
@@ -626,7 +523,7 @@ class PyTorchJobLauncher(TrainLauncher):
         if self._follower is not None:
             self._follower.join(timeout)
 
-    def _failure(self, headline: str, api: JobApi, pods: list[dict]) -> str:
+    def _failure(self, headline: str, client, pods: list[dict]) -> str:
         lines = [headline]
         if pods:
             lines.append("pods:")
@@ -635,23 +532,19 @@ class PyTorchJobLauncher(TrainLauncher):
         if not tail:
             master = next((p for p in pods if _is_master(p)), None)
             if master is not None and _container_started(master):
-                tail = api.read_log(self.namespace, master["metadata"]["name"], CONTAINER_NAME,
-                                    tail_lines=20).splitlines()
+                tail = read_log(client.core_api, self.namespace, master["metadata"]["name"], 20).splitlines()
         if tail:
             lines.append("last lines of the master's log:")
             lines += [f"  {t}" for t in tail[-20:]]
         return "\n".join(lines)
 
 
-CONFIG_CLASS = PyTorchJobConfig
-LAUNCHER_CLASS = PyTorchJobLauncher
-
-
-def run_pytorchjob(config: PyTorchJobConfig, *, api: JobApi | None = None,
-                   echo: Callable[[str], None] | None = None) -> LaunchResult:
+def run_pytorchjob(config: PyTorchJobConfig, *, client=None, echo: Callable[[str], None] | None = None,
+                   owner: PodIdentity | None = None) -> LaunchResult:
     """Create the PyTorchJob, wait for it and return the model URI (``LaunchResult.model_uri``).
 
     Raises :class:`LaunchError` with the job's and pods' reasons when it fails, cannot start or times out;
     on SIGTERM/Ctrl-C the job is deleted and :class:`LaunchCancelled`/``KeyboardInterrupt`` propagates.
+    ``owner`` (default: this KFP step's pod, from the env) becomes the job's ownerReference.
     """
-    return PyTorchJobLauncher(config, api=api, echo=echo).launch()
+    return PyTorchJobLauncher(config, client=client, echo=echo, owner=owner).launch()
