@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.msenc-installed
 DEMO_DIR ?= demo-output
 
-.PHONY: install test demo image image-cuda image-local clean
+.PHONY: install test test-fast demo image image-cuda image-local clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -21,6 +21,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (multi-process training, whole pipelines, benchmarks) or container
+# (they build the image): a few minutes on 2 cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not container" $(PYTEST_ARGS)
 
 # The whole pipeline with kfp.local on the embedded demo data; every artifact under $(DEMO_DIR)/pipeline_root,
 # the report at $(DEMO_DIR)/report.html (printed at the end).

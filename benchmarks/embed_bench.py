@@ -177,7 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    import msenc_lib  # noqa: F401  (before torch: msenc's CPU defaults, as the CLI has them)
+    from msenc_cli.main import set_runtime_defaults
+
+    set_runtime_defaults()  # before torch: msenc's CPU defaults, as the CLI has them
     import torch
 
     if a.threads > 0:

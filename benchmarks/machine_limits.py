@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    import msenc_lib  # noqa: F401  (msenc's CPU runtime defaults, as in the other workers)
+    from msenc_cli.main import set_runtime_defaults
+
+    set_runtime_defaults()  # before torch: msenc's CPU defaults, as the CLI has them
     import torch
 
     if a.threads > 0:

@@ -122,7 +122,7 @@ def generate(size: str, seed: int, n_cells: int | None, out: Path) -> dict:
 
 def msenc_preprocess_cmd(input_path: str, output: Path, workers: int, text: bool = False) -> list[str]:
     # The seed README's command (cutoff left out: the benchmark formats every row).
-    cmd = [sys.executable, "-m", "msenc_lib.cli", "preprocess", "--input-path", input_path, "--output-dir",
+    cmd = [sys.executable, "-m", "msenc_cli", "preprocess", "--input-path", input_path, "--output-dir",
            str(output), "--column-id", "cell_key", "--time-sep", "<|sep|>", "--value-sep", ",",
            "--column-time", "cycle_number,time", "--smooth-charge-capacity", "--is-training-shuffled",
            "--workers", str(workers), "--progress", "false", "--overwrite"]

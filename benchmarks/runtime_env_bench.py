@@ -5,8 +5,8 @@
     python benchmarks/runtime_env_bench.py --case ctx16k_v23 --rounds 5
 
 Variants (each a fresh msenc training worker of ``train_bench.py``, the environment set before torch starts):
-``passive`` OMP_WAIT_POLICY=PASSIVE (msenc's default, set by ``import msenc_lib``); ``unset`` no OMP_WAIT_POLICY
-(the worker imports torch before msenc_lib, so libgomp's own default applies); ``passive_thp`` and ``unset_thp``
+``passive`` OMP_WAIT_POLICY=PASSIVE (msenc's default, set by the ``msenc`` command); ``unset`` no OMP_WAIT_POLICY
+(libgomp's own default applies); ``passive_thp`` and ``unset_thp``
 the same with THP_MEM_ALLOC_ENABLE=1 (torch allocates large CPU buffers on transparent huge pages). The variants
 alternate within each round, so load on a shared machine spreads over all of them; the report gives each one's
 median step time over rounds and its throughput relative to ``passive``.

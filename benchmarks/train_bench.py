@@ -52,7 +52,7 @@ machine hardly changes. Without the reference venv or driver, the mblm figures a
 says why.
 
 Environment (applied to all): ``--omp-wait-policy`` (default PASSIVE, msenc's own default; ``unset`` leaves
-libgomp's default, and msenc's worker then imports torch before msenc_lib so msenc's default does not apply),
+libgomp's default),
 ``--thp`` (torch's ``THP_MEM_ALLOC_ENABLE``), ``--ld-preload`` (e.g. jemalloc).
 """
 
@@ -122,9 +122,9 @@ NAME = "train_bench"
 
 # ============================================================================ msenc worker (one subprocess)
 def run_msenc_worker(a: argparse.Namespace) -> dict:
-    env = bc.timing_env()  # as OpenMP sees it: before msenc_lib's import can add its OMP_WAIT_POLICY default
+    env = bc.timing_env()  # as OpenMP sees it (child_env set OMP_WAIT_POLICY for this worker)
     if a.torch_first:
-        import torch  # noqa: F401  (before msenc_lib: OpenMP starts without msenc's OMP_WAIT_POLICY default)
+        import torch  # noqa: F401
     import msenc_lib
     import torch
 

@@ -13,8 +13,6 @@ is native (CUDA, CPUs with AMX/AVX512-BF16) and through compiled layers at long 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,26 +21,25 @@ from typing import Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.schema import CHARGE_POLICY_COLUMNS
 from msenc_lib.errors import InputDataError
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_FILE = "embeddings.parquet"
-CSV_DIR = "csv"
-VALUE_PREFIX = "val_"
 DEFAULT_TARGETS = [*CHARGE_POLICY_COLUMNS, "charge_capacity"]
 
 
 class EmbedConfig(StageConfig):
     stage = "embed"
+    renamed = {"name_id": "id_column", "time_id": "time_column"}  # the original embedd CLI's names
 
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
                                description="unified columns joined to each row (max per cell and cycle)")
     pooling: Literal["mean", "max", "first"] = Field(
         "mean", description="how token states become one vector: mean or max over the real tokens, or the "
-        "first token", json_schema_extra={"cli_aliases": ["--aggregation"]})
+        "first token")
     batch_tokens: int = Field(262_144, gt=0, description="token budget of one forward pass (padding included); "
                               "sequences of similar length are batched together")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
@@ -50,8 +47,8 @@ class EmbedConfig(StageConfig):
                        "AVX512-BF16); false: float32")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model's layers (eager if "
                                                   "compiling fails); auto: on for contexts of 16,384+ tokens")
-    name_id: str = Field("cell_key", description="cell id column", json_schema_extra={"cli_aliases": ["--name-id"]})
-    time_id: str = Field("cycle_number", description="cycle column", json_schema_extra={"cli_aliases": ["--time-id"]})
+    id_column: str = Field("cell_key", description="cell id column")
+    time_column: str = Field("cycle_number", description="cycle column")
     csv: bool = Field(False, description="also write csv/<cell>.csv in the original layout "
                       "(cell_key, cycle_number, targets, val_0..val_{d-1}, index)")
     progress: bool = Field(True, description="progress bar on stderr")
@@ -158,30 +155,28 @@ def _load_inputs(config: EmbedConfig, data_dir, model_dir):
     import pyarrow.parquet as pq
     from transformers import AutoModel, AutoTokenizer
 
-    import msenc_lib  # noqa: F401  (registers the msenc model classes with the Auto* factories)
+    import msenc_lib.model  # noqa: F401  (registers the msenc model classes with the Auto* factories)
 
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise InputDataError(f"{data_dir}: no manifest.json - not a preprocessed dataset (run 'msenc preprocess')")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = layout.read_dataset_manifest(str(data_dir))
     if manifest.get("mode") != "embedding":
         raise InputDataError(
             f"{data_dir}: the dataset was preprocessed in {manifest.get('mode')!r} mode (one sequence per cell); "
             "embedding needs one sequence per cell and cycle: run 'msenc preprocess --is-training-shuffled false'")
-    if not (model_dir / "config.json").exists():
-        raise InputDataError(f"{model_dir}: no config.json - not a saved model (expected save_pretrained output)")
+    if not layout.is_model(str(model_dir)):
+        raise InputDataError(f"{model_dir}: no {layout.MODEL_CONFIG} - not a saved model (expected save_pretrained "
+                             "output)")
     model = AutoModel.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(data_dir / layout.TOKENIZER_DIR)
     if len(tokenizer) != model.config.vocab_size or tokenizer.pad_token_id != model.config.pad_token_id:
         raise InputDataError(
             f"the model's vocabulary ({model.config.vocab_size} tokens, pad id {model.config.pad_token_id}) does "
             f"not match the dataset's tokenizer ({len(tokenizer)} tokens, pad id {tokenizer.pad_token_id}): "
             "embed with the tokenizer the model was trained with")
-    shards = sorted((data_dir / "sequences").glob("*.parquet"))
+    shards = layout.sequence_files(str(data_dir))
     if not shards:
-        raise InputDataError(f"{data_dir}/sequences: no Parquet shards")
+        raise InputDataError(f"{data_dir}/{layout.SEQUENCES_DIR}: no Parquet shards")
     columns = pq.read_schema(shards[0]).names
-    for col in (config.name_id, config.time_id, "input_ids"):
+    for col in (config.id_column, config.time_column, "input_ids"):
         if col not in columns:
             raise InputDataError(f"{shards[0]}: column {col!r} missing (columns: {columns})")
     return model, tokenizer, shards
@@ -194,11 +189,11 @@ def _targets(config: EmbedConfig, unified_uri: str, cells: list[str]):
     _, first = next(iter_unified_cells(unified_uri, None, cells[:1]), (None, None))
     if first is None:
         raise InputDataError(f"{unified_uri}: none of the dataset's cells (e.g. {cells[:3]}) is in the unified data")
-    missing = [c for c in [config.name_id, config.time_id, *config.targets] if c not in first.column_names]
+    missing = [c for c in [config.id_column, config.time_column, *config.targets] if c not in first.column_names]
     if missing:
         raise InputDataError(f"{unified_uri}: target column(s) {missing} absent from the unified data "
                              f"(columns: {first.column_names})")
-    keys = [config.name_id, config.time_id]
+    keys = [config.id_column, config.time_column]
     table = read_unified(unified_uri, columns=keys + config.targets, cells=cells)
     return table.groupby(keys, sort=True)[config.targets].max().reset_index()
 
@@ -225,13 +220,14 @@ class _Writer:
     """Appends finished rows to embeddings.parquet (one row group per shard) and to csv/<cell>.csv."""
 
     def __init__(self, staging, csv: bool):
-        self.path, self.csv_dir = staging / EMBEDDINGS_FILE, (staging / CSV_DIR if csv else None)
+        self.path = staging / layout.EMBEDDINGS_FILE
+        self.csv_dir = staging / layout.EMBEDDINGS_CSV_DIR if csv else None
         self.parquet = None
         self.csv_started: set[str] = set()
         if self.csv_dir is not None:
             self.csv_dir.mkdir()
 
-    def write(self, table, name_id: str) -> None:
+    def write(self, table, id_column: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -240,10 +236,10 @@ class _Writer:
             self.parquet = pq.ParquetWriter(self.path, arrow.schema)
         self.parquet.write_table(arrow.cast(self.parquet.schema))
         if self.csv_dir is not None:
-            for cell, group in table.groupby(name_id, sort=True):
+            for cell, group in table.groupby(id_column, sort=True):
                 new = cell not in self.csv_started
-                group.assign(index=group[name_id]).to_csv(self.csv_dir / f"{cell}.csv", index=False, header=new,
-                                                          mode="w" if new else "a")
+                group.assign(index=group[id_column]).to_csv(self.csv_dir / f"{cell}.csv", index=False, header=new,
+                                                            mode="w" if new else "a")
                 self.csv_started.add(cell)
 
     def close(self) -> None:
@@ -266,21 +262,21 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
     start = time.perf_counter()
     with storage.local_copy(data_uri) as data_dir, storage.local_copy(model_uri) as model_dir:
         model, tokenizer, shards = _load_inputs(config, data_dir, model_dir)
-        keys = [config.name_id, config.time_id]
+        keys = [config.id_column, config.time_column]
         metas = [pq.read_table(s, columns=keys).to_pandas() for s in shards]
         meta = pd.concat(metas, ignore_index=True)
         duplicated = meta.duplicated(keys)
         if duplicated.any():
             dup = meta[duplicated].iloc[0]
-            raise InputDataError(f"{data_uri}: more than one sequence for {config.name_id}={dup[config.name_id]}, "
-                                 f"{config.time_id}={dup[config.time_id]}")
-        targets = _targets(config, unified_uri, sorted(meta[config.name_id].unique()))
+            raise InputDataError(f"{data_uri}: more than one sequence for {config.id_column}={dup[config.id_column]}, "
+                                 f"{config.time_column}={dup[config.time_column]}")
+        targets = _targets(config, unified_uri, sorted(meta[config.id_column].unique()))
         unmatched = meta.merge(targets[keys], on=keys, how="left", indicator=True)["_merge"] == "left_only"
         if unmatched.any():
             first = meta[unmatched.to_numpy()].iloc[0]
             raise InputDataError(f"{unified_uri}: no unified rows for {int(unmatched.sum())} embedded (cell, cycle) "
-                                 f"pair(s), e.g. {config.name_id}={first[config.name_id]}, {config.time_id}="
-                                 f"{first[config.time_id]}: is this the unified data the dataset was preprocessed "
+                                 f"pair(s), e.g. {config.id_column}={first[config.id_column]}, {config.time_column}="
+                                 f"{first[config.time_column]}: is this the unified data the dataset was preprocessed "
                                  "from?")
         device = resolve_device(config.device)
         model.to(device).eval()
@@ -292,7 +288,7 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
         sep_id = special_token_ids(tokenizer).get("sep")
         dim = int(model.config.hidden_sizes[-1])
         pad_id, vocab = model.config.pad_token_id, model.config.vocab_size
-        columns = [f"{VALUE_PREFIX}{i}" for i in range(dim)]
+        columns = [f"{layout.VALUE_PREFIX}{i}" for i in range(dim)]
         n_tokens = n_chunks = 0
         with storage.publish(output_uri, overwrite=overwrite) as staging, torch.inference_mode(), \
                 tqdm(total=len(meta), desc="embedding", unit="cycle", disable=not config.progress) as bar:
@@ -313,14 +309,14 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
                                       pd.DataFrame(pooler.result(), columns=columns)], axis=1)
                     rows = rows.merge(targets, on=keys, how="left", validate="one_to_one")
                     rows = rows[[*keys, *config.targets, *columns]].sort_values(keys, kind="stable")
-                    writer.write(rows, config.name_id)
+                    writer.write(rows, config.id_column)
                     first_row += len(shard_meta)
                     bar.update(len(shard_meta))
             finally:
                 writer.close()
-            config.save(staging / "embed_config.yaml")
+            config.save(staging / layout.EMBED_CONFIG)
     seconds = time.perf_counter() - start
-    return EmbedResult(output_uri=str(output_uri), n_rows=len(meta), n_cells=int(meta[config.name_id].nunique()),
+    return EmbedResult(output_uri=str(output_uri), n_rows=len(meta), n_cells=int(meta[config.id_column].nunique()),
                        dim=dim, n_tokens=int(n_tokens), n_chunks=n_chunks, seconds=round(seconds, 3),
                        tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1), device=device,
                        precision="bf16" if bf16 else "fp32", compiled=compiled)
@@ -337,36 +333,3 @@ def _pad(batch: list[_Chunk], pad_id: int):
         ids[i, : len(c.ids)] = torch.from_numpy(c.ids)
         mask[i, : len(c.ids)] = True
     return ids, mask
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-_DESCRIPTION = """\
-Embed an embedding-mode preprocessed dataset (one sequence per cell and cycle) with a trained encoder:
-one vector per (cell, cycle) = the pooled last hidden states of the finest stage over the real tokens,
-plus the targets (max per cell and cycle of the unified columns). Writes <output-dir>/embeddings.parquet
-(cell_key, cycle_number, targets..., val_0..val_{d-1}) and, with --csv, <output-dir>/csv/<cell>.csv in the
-original layout (with the trailing 'index' column). Options of the original 'embedd' CLI are accepted
-where they make sense (--aggregation, --name-id, --time-id, --model-weight is not needed: the model
-folder holds config.json + model.safetensors)."""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("embed", help="trained encoder + embedding-mode sequences -> per-cycle embeddings",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="embedding-mode preprocessed dataset (local or s3://)")
-    p.add_argument("--model-dir", required=True, help="trained model folder: save_pretrained output (local or s3://)")
-    p.add_argument("--unified-dir", required=True, help="unified data the targets come from (local or s3://)")
-    p.add_argument("--output-dir", required=True, help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, EmbedConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> EmbedResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(EmbedConfig, args)
-    return run_embed(config, args.data_dir, args.model_dir, args.unified_dir, args.output_dir,
-                     overwrite=args.overwrite)

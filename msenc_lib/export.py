@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
+from msenc_lib.config import StageConfig
 from msenc_lib.errors import InputDataError
+from msenc_lib.layout import EXPORTED_MODEL as MODEL_NAME
+from msenc_lib.layout import LATEST_FILE
 
-LATEST_FILE = "LATEST"
-MODEL_NAME = "model"
+
+class ExportConfig(StageConfig):
+    stage = "export"
+
+    update_latest: bool = Field(True, description="point <export_uri>/LATEST at this run afterwards")
 
 
 class ExportResult(BaseModel):
@@ -26,7 +32,7 @@ class ExportResult(BaseModel):
     seconds: float
 
 
-def run_export(artifacts: dict[str, str], export_uri: str, run_name: str, update_latest: bool = True,
+def run_export(config: ExportConfig, artifacts: dict[str, str], export_uri: str, run_name: str,
                overwrite: bool = False) -> ExportResult:
     """Copy each ``name -> uri`` of ``artifacts`` to ``<export_uri>/<run_name>/<name>``; then move LATEST."""
     if not run_name or "/" in run_name:
@@ -38,7 +44,7 @@ def run_export(artifacts: dict[str, str], export_uri: str, run_name: str, update
         exported[name] = storage.join(run_uri, name)
         storage.copy_tree(src, exported[name], overwrite=overwrite)
     latest = None
-    if update_latest:
+    if config.update_latest:
         latest = storage.join(export_uri, LATEST_FILE)
         storage.write_text(latest, run_name + "\n")
     return ExportResult(export_uri=str(export_uri), run_uri=run_uri, exported=exported, latest_uri=latest,
@@ -47,13 +53,13 @@ def run_export(artifacts: dict[str, str], export_uri: str, run_name: str, update
 
 def resolve_model_uri(uri: str) -> str:
     """A model folder as is; an export location (holding LATEST) -> its newest run's model folder."""
-    if storage.exists(storage.join(uri, "config.json")):
+    if layout.is_model(uri):
         return uri
     pointer = storage.join(uri, LATEST_FILE)
     if storage.exists(pointer):
         run = storage.read_text(pointer).strip()
         model = storage.join(uri, run, MODEL_NAME)
-        if not storage.exists(storage.join(model, "config.json")):
+        if not layout.is_model(model):
             raise InputDataError(f"{pointer} names run {run!r}, but {model} holds no saved model (config.json)")
         return model
     raise InputDataError(f"{uri}: neither a saved model (config.json) nor an export location ({LATEST_FILE})")

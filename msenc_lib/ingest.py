@@ -8,15 +8,16 @@ concatenated in file order, and its time order is checked within each file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.validate import ValidationReport, ValidationWarning
+from msenc_lib.progress import progress_bar
 
 FormatName = Literal["auto", "csv", "parquet", "severson-mat", "severson-pickle"]
 
@@ -62,8 +63,6 @@ class IngestResult(BaseModel):
 def _ingest_tables(files: list[str], fmt: str, config: IngestConfig, writer, report: ValidationReport) -> None:
     from msenc_lib import storage
     from msenc_lib.data.readers import read_csv_file, read_parquet_file
-    from msenc_lib.data.unified import progress_bar
-
     for uri in progress_bar(files, len(files), "reading files", config.progress and len(files) > 1, unit="file"):
         with storage.local_copy(uri) as local:
             mark = writer.mark()
@@ -78,7 +77,6 @@ def _ingest_tables(files: list[str], fmt: str, config: IngestConfig, writer, rep
 def _ingest_severson(files: list[str], fmt: str, config: IngestConfig, writer, report: ValidationReport) -> None:
     from msenc_lib import storage
     from msenc_lib.data import severson
-    from msenc_lib.data.unified import progress_bar
     from msenc_lib.data.validate import UnifiedValidator
 
     with contextlib.ExitStack() as stack:
@@ -104,7 +102,7 @@ def run_ingest(config: IngestConfig, input_uri: str, output_uri: str, overwrite:
     """Read ``input_uri`` (file, folder or glob; local or s3://), validate, write the unified directory."""
     from msenc_lib import __version__, storage
     from msenc_lib.data.readers import resolve_inputs
-    from msenc_lib.data.unified import CSV_DIR, CSV_NAME, MANIFEST_NAME, UnifiedWriter
+    from msenc_lib.data.unified import UnifiedWriter
 
     start = time.perf_counter()
     files, fmt, skipped = resolve_inputs(str(input_uri), config.format)
@@ -133,45 +131,7 @@ def run_ingest(config: IngestConfig, input_uri: str, output_uri: str, overwrite:
         columns=manifest["columns"],
         dtypes=manifest["dtypes"],
         warnings=report.warnings,
-        csv_uri=storage.join(str(output_uri), CSV_DIR, CSV_NAME) if config.csv else None,
-        manifest_uri=storage.join(str(output_uri), MANIFEST_NAME),
+        csv_uri=storage.join(str(output_uri), layout.UNIFIED_CSV_DIR, layout.UNIFIED_CSV) if config.csv else None,
+        manifest_uri=storage.join(str(output_uri), layout.UNIFIED_MANIFEST),
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-_DESCRIPTION = """\
-Read raw battery data and write the unified table as Parquet: <output-dir>/<cell_key>.parquet per cell
-(readable with pandas.read_parquet(<output-dir>)) and <output-dir>/_manifest.json (counts, dtypes,
-warnings, input fingerprints).
-
-Inputs (--input-path: a file, a folder, or a glob; local or s3://):
-  csv              unified CSV(s): one file holding many cells, one file per cell, ... (streamed in blocks)
-  parquet          unified Parquet file(s), e.g. the output of 'msenc generate-data'
-  severson-mat     the data.matr.io batch .mat files (MATLAB v7.3); batch from the file name
-                   (2017-05-12 / 2017-06-30 / 2018-04-12 or batchN). Recommended for Severson data.
-  severson-pickle  batch1.pkl, batch2.pkl, batch3.pkl from the rdbraatz BuildPkl notebooks.
-                   WARNING: unpickling runs code from the file; use only pickles you trust.
-Severson inputs get the original cleaning (dropped cells, batch-2 carry-over merge) and the charge
-policy -> quartile C-rates rule. Bad data stops the run with a message naming the file, row, cell and
-column; nothing is written then. Harmless quirks of real files are kept and reported as warnings.
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("ingest", help="raw data (CSV, Parquet, Severson .mat/.pkl) -> unified Parquet",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input-path", required=True, metavar="PATH", help="input file, folder or glob (local or s3://)")
-    p.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, IngestConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> IngestResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(IngestConfig, args)
-    return run_ingest(config, args.input_path, args.output_dir, overwrite=args.overwrite)

@@ -26,12 +26,9 @@ Output::
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import logging
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -39,17 +36,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from msenc_lib import layout, storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import ConfigError, InputDataError
+from msenc_lib.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-SPLIT_CONFIG_NAME = "split_cfg.json"
-MANIFEST_NAME = "manifest.json"
-EMBEDDINGS_NAME = "embeddings.parquet"
-SUBSETS = ("train", "validation", "test")
-_SUBSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CELL_SUFFIXES = (".csv", ".parquet", ".txt")
 
 
 # --------------------------------------------------------------------------------------- severson preset
@@ -122,74 +115,42 @@ class SplitResult(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------- input
-def cell_key_of(name: str) -> str:
-    """``b1c0.csv`` -> ``b1c0``: split configs list per-cell file names; bare keys are accepted too."""
-    base = str(name).rsplit("/", 1)[-1]
-    for suffix in _CELL_SUFFIXES:
-        if base.endswith(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
 def detect_input(input_uri: str) -> str:
     """'sequences' | 'embeddings' | 'csv'."""
-    from msenc_lib import storage
-
     uri = str(input_uri)
-    if storage.list_files(storage.join(uri, "sequences"), suffix=".parquet"):
+    if layout.sequence_files(uri):
         return "sequences"
-    if uri.endswith(".parquet") and storage.basename(uri) == EMBEDDINGS_NAME and storage.exists(uri):
+    if uri.endswith(".parquet") and storage.basename(uri) == layout.EMBEDDINGS_FILE and storage.exists(uri):
         return "embeddings"
-    if storage.exists(storage.join(uri, EMBEDDINGS_NAME)):
+    if storage.exists(storage.join(uri, layout.EMBEDDINGS_FILE)):
         return "embeddings"
     if _csv_files(uri):
         return "csv"
     if not storage.exists(uri):
         raise InputDataError(f"{uri}: nothing there")
     raise InputDataError(f"{uri}: neither a preprocessed dataset (sequences/*.parquet), an embeddings folder "
-                         f"({EMBEDDINGS_NAME}) nor a folder of per-cell .csv files")
+                         f"({layout.EMBEDDINGS_FILE}) nor a folder of per-cell .csv files")
 
 
 def _csv_files(uri: str) -> dict[str, str]:
     """cell -> URI of the ``*.csv`` files directly in ``uri`` (not in subfolders), like the original."""
-    from msenc_lib import storage
-
-    base = uri.rstrip("/") + "/"
     out = {}
     for f in storage.list_files(uri, suffix=".csv"):
-        rel = f[len(base):] if f.startswith(base) else storage.basename(f)
+        rel = layout.relative_to(f, uri)
         if "/" not in rel:
-            out[cell_key_of(rel)] = f
+            out[layout.cell_key_of(rel)] = f
     return out
-
-
-def _read_parquet(uri: str, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-
-    from msenc_lib import storage
-
-    if storage.is_s3(uri):
-        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
-    return pq.read_table(uri, columns=columns)
-
-
-def _embeddings_uri(input_uri: str) -> str:
-    from msenc_lib import storage
-
-    return input_uri if input_uri.endswith(".parquet") else storage.join(input_uri, EMBEDDINGS_NAME)
 
 
 def cell_weights(input_uri: str, kind: str) -> tuple[dict[str, int], dict[str, int], str]:
     """(weight per cell, rows per cell, weight unit)."""
     import pyarrow.compute as pc
 
-    from msenc_lib import storage
-
     weights: dict[str, int] = {}
     rows: dict[str, int] = {}
     if kind == "sequences":
-        for f in storage.list_files(storage.join(input_uri, "sequences"), suffix=".parquet"):
-            t = _read_parquet(f, ["cell_key", "n_tokens"])
+        for f in layout.sequence_files(input_uri):
+            t = storage.read_parquet(f, ["cell_key", "n_tokens"])
             if t.num_rows == 0:
                 continue
             g = t.group_by("cell_key").aggregate([("n_tokens", "sum"), ("n_tokens", "count")])
@@ -199,7 +160,7 @@ def cell_weights(input_uri: str, kind: str) -> tuple[dict[str, int], dict[str, i
                 rows[k] = rows.get(k, 0) + int(n)
         return weights, rows, "tokens"
     if kind == "embeddings":
-        t = _read_parquet(_embeddings_uri(input_uri), ["cell_key"])
+        t = storage.read_parquet(layout.embeddings_file(input_uri), ["cell_key"])
         counts = pc.value_counts(t.column("cell_key").combine_chunks())
         for item in counts.to_pylist():
             weights[str(item["values"])] = int(item["counts"])
@@ -219,7 +180,7 @@ def generate_split(weights: dict[str, int], ratio_train: float, ratio_validation
     random.Random(seed).shuffle(cells)
     total = sum(weights.values())
     train_target, val_target = total * ratio_train, total * ratio_validation
-    out: dict[str, list[str]] = {s: [] for s in SUBSETS}
+    out: dict[str, list[str]] = {s: [] for s in layout.SUBSETS}
     cur_train = cur_val = 0
     for cell in cells:
         if cur_train < train_target:
@@ -231,39 +192,6 @@ def generate_split(weights: dict[str, int], ratio_train: float, ratio_validation
         else:
             out["test"].append(cell)
     return out
-
-
-def parse_split_config(data: Any, source: str) -> dict[str, list[str]]:
-    """A ``split_cfg.json`` document -> subset -> cell keys (``.csv``/``.parquet`` suffixes dropped)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a split config must be a JSON object of subset -> list of file names")
-    if not any(s in data for s in SUBSETS):
-        raise ConfigError(f"{source}: none of the subsets {list(SUBSETS)} is in the split config "
-                          f"(keys: {list(data)})")
-    out: dict[str, list[str]] = {}
-    where: dict[str, str] = {}
-    for subset, names in data.items():
-        if not isinstance(subset, str) or not _SUBSET_NAME.match(subset):
-            raise ConfigError(f"{source}: subset name {subset!r} is not a plain name")
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ConfigError(f"{source}: subset {subset!r} must be a list of file names")
-        cells = []
-        for name in names:
-            cell = cell_key_of(name)
-            if cell in where:
-                raise ConfigError(f"{source}: cell {cell!r} is listed in both {where[cell]!r} and {subset!r}")
-            where[cell] = subset
-            cells.append(cell)
-        out[subset] = cells
-    for s in SUBSETS:
-        out.setdefault(s, [])
-    return out
-
-
-def config_document(assignment: dict[str, list[str]]) -> str:
-    """``split_cfg.json`` text in the original's form (indent 4, ``<cell>.csv`` names, subsets in order)."""
-    order = [*SUBSETS, *[s for s in assignment if s not in SUBSETS]]
-    return json.dumps({s: [f"{c}.csv" for c in assignment.get(s, [])] for s in order}, indent=4)
 
 
 def _check_against_data(assignment: dict[str, list[str]], weights: dict[str, int], source: str) -> list[str]:
@@ -285,16 +213,14 @@ def _write_sequences(input_uri: str, staging: Path, subset_of: dict[str, str], s
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from msenc_lib import storage
-    from msenc_lib.data.unified import progress_bar
-    from msenc_lib.preprocess import PARQUET_OPTIONS, SEQUENCES_DIR
+    from msenc_lib.preprocess import PARQUET_OPTIONS
 
-    files = storage.list_files(storage.join(input_uri, SEQUENCES_DIR), suffix=".parquet")
+    files = layout.sequence_files(input_uri)
     counters = {s: 0 for s in subsets}
     stats: dict[str, dict[str, Any]] = {s: {"n_sequences": 0, "n_tokens": 0, "cells": []} for s in subsets}
     schema = None
     for s in subsets:
-        (staging / s / SEQUENCES_DIR).mkdir(parents=True)
+        (staging / s / layout.SEQUENCES_DIR).mkdir(parents=True)
     for f in progress_bar(files, len(files), "splitting shards", progress, unit="shard"):
         with storage.local_copy(f) as local:
             pf = pq.ParquetFile(str(local))
@@ -311,7 +237,7 @@ def _write_sequences(input_uri: str, staging: Path, subset_of: dict[str, str], s
                             continue
                         part = t.filter(pc.is_in(keys, pa.array(mine, pa.string())))
                         if s not in writers:
-                            path = staging / s / SEQUENCES_DIR / f"part-{counters[s]:05d}.parquet"
+                            path = staging / s / layout.SEQUENCES_DIR / layout.shard_name(counters[s])
                             counters[s] += 1
                             writers[s] = pq.ParquetWriter(str(path), schema, **PARQUET_OPTIONS)
                         writers[s].write_table(part, row_group_size=max(1, part.num_rows))
@@ -323,7 +249,7 @@ def _write_sequences(input_uri: str, staging: Path, subset_of: dict[str, str], s
                     w.close()
     for s in subsets:  # an empty subset still gets a (0-row) shard, so readers find the schema
         if counters[s] == 0 and schema is not None:
-            pq.write_table(schema.empty_table(), str(staging / s / SEQUENCES_DIR / "part-00000.parquet"),
+            pq.write_table(schema.empty_table(), str(staging / s / layout.SEQUENCES_DIR / layout.shard_name(0)),
                            **PARQUET_OPTIONS)
     return stats
 
@@ -334,14 +260,14 @@ def _write_embeddings(input_uri: str, staging: Path, subset_of: dict[str, str],
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = _read_parquet(_embeddings_uri(input_uri))
+    table = storage.read_parquet(layout.embeddings_file(input_uri))
     keys = table.column("cell_key")
     stats: dict[str, dict[str, Any]] = {}
     for s in subsets:
         mine = sorted(c for c, sub in subset_of.items() if sub == s)
         part = table.filter(pc.is_in(keys, pa.array(mine, pa.string())))
         (staging / s).mkdir(parents=True)
-        pq.write_table(part.replace_schema_metadata(table.schema.metadata), str(staging / s / EMBEDDINGS_NAME),
+        pq.write_table(part.replace_schema_metadata(table.schema.metadata), str(staging / s / layout.EMBEDDINGS_FILE),
                        compression="zstd")
         stats[s] = {"n_rows": part.num_rows, "cells": mine}
     return stats
@@ -350,8 +276,6 @@ def _write_embeddings(input_uri: str, staging: Path, subset_of: dict[str, str],
 def _copy_cell_csvs(files: dict[str, str], staging: Path, subset_of: dict[str, str], subsets: list[str],
                     sub_dir: str, merge: bool) -> None:
     """Copy per-cell CSVs into OUT/<subset>/<sub_dir>/; with ``merge`` also OUT/<subset>.csv (one header)."""
-    from msenc_lib import storage
-
     for s in subsets:
         target = staging / s / sub_dir if sub_dir else staging / s
         target.mkdir(parents=True, exist_ok=True)
@@ -381,7 +305,7 @@ def _copy_cell_csvs(files: dict[str, str], staging: Path, subset_of: dict[str, s
 def run_split(config: SplitConfig, input_uri: str, output_uri: str, split_config_uri: str | None = None,
               overwrite: bool = False) -> SplitResult:
     """Split the cells of ``input_uri`` (see the module doc) into ``output_uri``."""
-    from msenc_lib import __version__, storage
+    from msenc_lib import __version__
 
     start = time.perf_counter()
     input_uri = str(input_uri).rstrip("/") if not str(input_uri).endswith(".parquet") else str(input_uri)
@@ -394,19 +318,11 @@ def run_split(config: SplitConfig, input_uri: str, output_uri: str, split_config
         raise ConfigError("give either --preset or --split-config/--config, not both")
     if config.preset:
         source = f"preset {config.preset}"
-        assignment = parse_split_config(PRESETS[config.preset](), source)
+        assignment = layout.parse_split_config(PRESETS[config.preset](), source)
         how = f"preset:{config.preset}"
     elif split_config_uri:
         source = f"split config {split_config_uri}"
-        try:
-            text = storage.read_text(str(split_config_uri))
-        except FileNotFoundError:
-            raise ConfigError(f"split config not found: {split_config_uri}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{split_config_uri}: not valid JSON: {e}") from None
-        assignment = parse_split_config(data, str(split_config_uri))
+        assignment = layout.read_split_config(str(split_config_uri))
         how = f"file:{split_config_uri}"
     else:
         source = "generated split"
@@ -423,33 +339,33 @@ def run_split(config: SplitConfig, input_uri: str, output_uri: str, split_config
                         "one table per subset anyway (option ignored)")
 
     with storage.publish(str(output_uri), overwrite=overwrite) as staging:
-        (staging / SPLIT_CONFIG_NAME).write_text(config_document(assignment))
+        (staging / layout.SPLIT_CONFIG).write_text(layout.split_config_document(assignment))
         details: dict[str, dict[str, Any]] = {}
         if kind == "sequences":
             details = _write_sequences(input_uri, staging, subset_of, subsets, config.progress)
-            tok = storage.join(input_uri, "tokenizer")
+            tok = storage.join(input_uri, layout.TOKENIZER_DIR)
             if storage.exists(tok):
                 with storage.local_copy(tok) as local:
-                    shutil.copytree(local, staging / "tokenizer")
-            source_manifest = _maybe_json(storage.join(input_uri, MANIFEST_NAME))
+                    shutil.copytree(local, staging / layout.TOKENIZER_DIR)
+            source_manifest = _maybe_json(storage.join(input_uri, layout.MANIFEST))
             for s in subsets:
-                sub = {"format": "msenc-preprocessed", "format_version": 1, "subset": s,
-                       "mode": (source_manifest or {}).get("mode"), "tokenizer": "../tokenizer",
+                sub = {"format": layout.DATASET_FORMAT, "format_version": layout.DATASET_FORMAT_VERSION, "subset": s,
+                       "mode": (source_manifest or {}).get("mode"), "tokenizer": f"../{layout.TOKENIZER_DIR}",
                        "n_cells": len(details[s]["cells"]), "n_sequences": details[s]["n_sequences"],
                        "n_tokens": details[s]["n_tokens"], "cells": details[s]["cells"]}
-                (staging / s / MANIFEST_NAME).write_text(json.dumps(sub, indent=1) + "\n")
+                layout.write_json(staging / s / layout.MANIFEST, sub)
         elif kind == "embeddings":
             details = _write_embeddings(input_uri, staging, subset_of, subsets)
-            csv_dir = storage.join(input_uri, "csv") if not input_uri.endswith(".parquet") else None
+            csv_dir = storage.join(input_uri, layout.EMBEDDINGS_CSV_DIR) if not input_uri.endswith(".parquet") else None
             csv_files = _csv_files(csv_dir) if csv_dir and storage.exists(csv_dir) else {}
             if csv_files:
-                _copy_cell_csvs(csv_files, staging, subset_of, subsets, "csv", merge=False)
+                _copy_cell_csvs(csv_files, staging, subset_of, subsets, layout.EMBEDDINGS_CSV_DIR, merge=False)
         else:
             _copy_cell_csvs(_csv_files(input_uri), staging, subset_of, subsets, "", merge=config.merge_files)
         infos = {s: SubsetInfo(n_cells=len(assignment[s]), weight=sum(weights[c] for c in assignment[s]),
                                n_rows=sum(rows[c] for c in assignment[s])) for s in subsets}
         manifest = {
-            "format": "msenc-split",
+            "format": layout.SPLIT_FORMAT,
             "format_version": 1,
             "created_by": f"msenc {__version__} split",
             "input_uri": input_uri,
@@ -463,76 +379,21 @@ def run_split(config: SplitConfig, input_uri: str, output_uri: str, split_config
             "unplaced_cells": unplaced,
             "warnings": warnings,
         }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        layout.write_json(staging / layout.MANIFEST, manifest)
     for w in warnings:
         log.warning(w)
     return SplitResult(output_uri=str(output_uri), input_kind=kind, weight_unit=unit, assignment=how,
                        subsets=infos, unplaced_cells=unplaced, warnings=warnings,
-                       split_config_uri=storage.join(str(output_uri), SPLIT_CONFIG_NAME),
+                       split_config_uri=storage.join(str(output_uri), layout.SPLIT_CONFIG),
                        seconds=round(time.perf_counter() - start, 3))
 
 
 def _maybe_json(uri: str) -> dict[str, Any] | None:
-    from msenc_lib import storage
-
     try:
         return json.loads(storage.read_text(uri))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def read_split_config(uri: str) -> dict[str, list[str]]:
-    """A ``split_cfg.json`` (ours or the original's) as subset -> cell keys."""
-    from msenc_lib import storage
-
-    return parse_split_config(json.loads(storage.read_text(str(uri))), str(uri))
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Split the cells of a preprocessed dataset (token-weighted), an embeddings folder (row-weighted) or a folder
-of per-cell CSV files (byte-weighted, as the original) into train / validation / test, and write
-OUT/split_cfg.json in the original's schema ({"train": ["<cell>.csv", ...], "validation": [...],
-"test": [...]}) with the subsets beside it. The original's command works as is:
-  msenc split --input-dir /datasets/beep --output-dir /dataset/beep-split/ [--ratio-train 0.8 --ratio-validation 0.05]
-  msenc split --input-dir embeddings/ --output-dir emb-split/ --config /dataset/beep-split/split_cfg.json
-Here --config (= --split-config) names a split_cfg.json to REUSE exactly (the original ignored it); the
-document with this command's own options is --stage-config. New splits are seeded (--seed).
---preset severson: Severson et al.'s primary train -> "train", primary test -> "test", secondary test ->
-the extra key "secondary_test" (subset folder secondary_test/); "validation" is empty.
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("split", help="cell-level train/validation/test split (split_cfg.json)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              conflict_handler="resolve")
-    p.add_argument("--input-dir", "--input", dest="input_dir", required=True, metavar="DIR",
-                   help="preprocessed dataset, embeddings folder or folder of per-cell CSVs (local or s3://)")
-    p.add_argument("--output-dir", "--output", "--ouput-dir", dest="output_dir", required=True, metavar="DIR",
-                   help="output folder (local or s3://); --ouput-dir is the original README's spelling")
-    add_overwrite_option(p)
-    add_config_options(p, SplitConfig)
-    # The original's --config is the split file to reuse; it replaces the generic config-document option.
-    p.add_argument("--split-config", "--config", dest="split_config", metavar="FILE", default=None,
-                   help="split_cfg.json to reuse exactly (ours or the original's; local or s3://)")
-    p.add_argument("--stage-config", dest="stage_config", metavar="FILE", default=None,
-                   help="YAML/JSON document with this command's options (ratio_train, seed, preset, ...); "
-                   "flags override it")
-    for group in p._action_groups:  # the generated group title points at --config, which is taken here
-        if group.title and "--config" in group.title:
-            group.title = group.title.replace("--config", "--stage-config")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> SplitResult:
-    given = {name: getattr(args, name) for name in SplitConfig.model_fields if hasattr(args, name)}
-    config = SplitConfig.load(args.stage_config, overrides=given)
-    return run_split(config, args.input_dir, args.output_dir, split_config_uri=args.split_config,
-                     overwrite=args.overwrite)
-
-
-__all__ = ["SplitConfig", "SplitResult", "SubsetInfo", "run_split", "generate_split", "parse_split_config",
-           "config_document", "severson_split", "read_split_config", "cell_key_of", "detect_input", "cell_weights"]
+__all__ = ["SplitConfig", "SplitResult", "SubsetInfo", "run_split", "generate_split", "severson_split", "detect_input",
+           "cell_weights"]

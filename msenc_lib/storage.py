@@ -12,16 +12,17 @@ nothing at the output URI.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import glob as _glob
+import io
 import os
-import re
 import shutil
 import tempfile
 import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+from wcmatch import glob as wcglob
 
 from msenc_lib.errors import StorageError
 
@@ -191,33 +192,6 @@ def list_files(uri: str | os.PathLike, suffix: str | None = None) -> list[str]:
     return found
 
 
-def _glob_regex(pattern: str) -> re.Pattern:
-    """Glob -> regex with local semantics: ``*`` and ``?`` stay within one path segment, ``**`` spans."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] in "*?":
-            out.append("[^/]*" if pattern[i] == "*" else "[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                out.append(fnmatch.translate(pattern[i : j + 1])[4:-3])
-                i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
 def expand(pattern: str | os.PathLike, suffix: str | None = None) -> list[str]:
     """Files named by a path, a folder (recursive), or a glob (``*``, ``?``, ``[...]``; ``**`` locally)."""
     pattern = str(pattern)
@@ -226,8 +200,9 @@ def expand(pattern: str | os.PathLike, suffix: str | None = None) -> list[str]:
     if is_s3(pattern):
         bucket, key = split_s3(pattern)
         fixed = key[: min(key.index(c) for c in _GLOB_CHARS if c in key)]
-        rx = _glob_regex(key)
-        matches = [f"{S3_PREFIX}{bucket}/{k}" for k in _s3_keys(bucket, fixed) if rx.fullmatch(k)]
+        # local glob's rules (* and ? within one segment, ** across), but * also matches dot names as before
+        matches = [f"{S3_PREFIX}{bucket}/{k}" for k in _s3_keys(bucket, fixed)
+                   if wcglob.globmatch(k, key, flags=wcglob.GLOBSTAR | wcglob.DOTGLOB)]
     else:
         matches = []
         for m in sorted(_glob.glob(pattern, recursive=True)):
@@ -283,6 +258,22 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
 
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     return read_bytes(uri).decode(encoding)
+
+
+def parquet_file(uri: str | os.PathLike):
+    """A ``pyarrow.parquet.ParquetFile`` of a local file, or of an S3 object read into memory."""
+    import pyarrow.parquet as pq
+
+    uri = str(uri)
+    return pq.ParquetFile(io.BytesIO(read_bytes(uri)) if is_s3(uri) else uri)
+
+
+def read_parquet(uri: str | os.PathLike, columns: list[str] | None = None):
+    """One Parquet file (local or S3) as an Arrow table, optionally only some columns."""
+    import pyarrow.parquet as pq
+
+    uri = str(uri)
+    return pq.read_table(io.BytesIO(read_bytes(uri)) if is_s3(uri) else uri, columns=columns)
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> None:

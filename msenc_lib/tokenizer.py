@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from msenc_lib.errors import ConfigError
-from msenc_lib.textformat import Alphabet, token_alphabet
+from msenc_lib.preprocess.textformat import Alphabet, token_alphabet
 
 log = logging.getLogger(__name__)
 

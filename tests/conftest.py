@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 
 import pytest
 from processes import free_port
+
+# What the msenc CLI sets for its runs (msenc_cli.main), here before any test module loads torch: the suite
+# runs several processes on few cores (DDP ranks, pipeline steps), where spinning OpenMP threads are slow.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -132,8 +132,8 @@ def _find_torch_wheel() -> str | None:
 def image_inputs_hash(*extra: str) -> str:
     """Hash of the files the CPU image is built from (plus ``extra`` strings such as the base image ID)."""
     files = [IMAGES / "Dockerfile", IMAGES / "pyproject_requirements.py", REPO / ".dockerignore",
-             REPO / "pyproject.toml", REPO / "README.md"]
-    for package in ("msenc_lib", "components", "pipelines"):
+             REPO / "pyproject.toml", REPO / "setup.py", REPO / "README.md"]
+    for package in ("msenc_lib", "cli", "components", "pipelines"):
         files += sorted(p for p in (REPO / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     h = hashlib.sha256()
     for p in files:

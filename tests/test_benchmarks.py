@@ -49,6 +49,7 @@ def test_train_bench_quick_plans_the_16k_context_with_few_steps():
 IMPLS = "msenc,msenc_bf16,mblm_flash,mblm_orig"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MBLM_PYTHON.exists(), reason=f"reference venv {MBLM_PYTHON} missing "
                     "(benchmarks/setup_mblm_venv.sh makes it)")
 @pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference driver {REFERENCE} missing (../shared beside the repo)")
@@ -88,6 +89,7 @@ def test_train_bench_quick_with_reference_both_ways_and_the_machine_limits(tmp_p
         assert report["runs"][name]["msenc_bf16"][0]["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_train_bench_reports_a_missing_reference_as_null_with_reason(tmp_path):
     out = tmp_path / "train.json"
     _run("train_bench.py", "--output", str(out), "--cases", "quick256_v23", "--impls", IMPLS, "--no-limits",

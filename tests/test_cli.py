@@ -6,15 +6,14 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from msenc_lib import cli
+from msenc_cli.options import add_config_options, config_from_args
 from msenc_lib.config import StageConfig
 
 
 class ToyConfig(StageConfig):
     stage = "toy"
     seed: int = Field(0, description="random seed")
-    exclude_features: list[str] = Field(default_factory=list, description="columns to leave out",
-                                        json_schema_extra={"cli_aliases": ["--exclude"]})
+    exclude_features: list[str] = Field(default_factory=list, description="columns to leave out")
     time_cutoff: list[float] | None = None
     smooth: bool = True
     mode: Literal["fast", "slow"] = "fast"
@@ -22,8 +21,8 @@ class ToyConfig(StageConfig):
 
 def _parse(argv):
     p = argparse.ArgumentParser()
-    cli.add_config_options(p, ToyConfig)
-    return cli.config_from_args(ToyConfig, p.parse_args(argv))
+    add_config_options(p, ToyConfig, aliases={"exclude_features": ["--exclude"]})
+    return config_from_args(ToyConfig, p.parse_args(argv))
 
 
 def test_flags_from_fields(tmp_path):
@@ -50,7 +49,7 @@ def test_bad_flag_values_exit_with_usage_error(capsys):
 
 
 def test_entry_point_help_and_version():
-    out = subprocess.run([sys.executable, "-m", "msenc_lib", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "msenc_cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: msenc" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "msenc_lib", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "msenc_cli", "--version"], capture_output=True, text=True)
     assert out.stdout.startswith("msenc ")

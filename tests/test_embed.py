@@ -130,9 +130,10 @@ def test_cli_and_s3(inputs, tmp_path, s3):
         for f in (inputs / "model").iterdir():
             (staging / f.name).write_bytes(f.read_bytes())
     out = subprocess.run(
-        [sys.executable, "-m", "msenc_lib", "embed", "--data-dir", str(inputs / "emb"), "--model-dir", s3.uri("model"),
+        [sys.executable, "-m", "msenc_cli", "embed", "--data-dir", str(inputs / "emb"), "--model-dir", s3.uri("model"),
          "--unified-dir", str(inputs / "unified"), "--output-dir", s3.uri("emb-out"), "--targets", "charge_capacity",
-         "--aggregation", "mean", "--no-progress"], capture_output=True, text=True)
+         "--aggregation", "mean", "--name-id", "cell_key", "--time-id", "cycle_number", "--no-progress"],
+        capture_output=True, text=True)  # the original embedd CLI's option names
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["n_rows"] == N_CELLS * (LAST_CYCLE + 1)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import evaluate_fixtures as fx
-from msenc_lib import cli, storage
+from msenc_cli import main as cli
+from msenc_lib import storage
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from msenc_lib.evaluate.regressors import regression_metrics
@@ -141,6 +142,12 @@ def test_end_to_end_on_synthetic_data(tiny, tmp_path):
         assert f'<td class="l">{fs}</td>' in page
     assert page.count('class="best"') >= 4  # one highlighted row per held-out subset and task (4 cells each)
     assert (out / "evaluate_config.yaml").exists()
+    # names from the data are text, never markup
+    from msenc_lib.evaluate.report import render_html
+
+    doc["dataset"]["split"]["source"] = "<script>alert(1)</script>"
+    page = render_html(doc, {}, out)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 def test_same_inputs_same_metrics(handbuilt, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 
 from msenc_lib import storage
 from msenc_lib.errors import InputDataError
-from msenc_lib.export import resolve_model_uri, run_export
+from msenc_lib.export import ExportConfig, resolve_model_uri, run_export
 
 
 def _fake_run(tmp_path, tag):
@@ -21,10 +21,10 @@ def export_root(request, tmp_path):
 
 
 def test_each_run_separate_and_latest_follows_the_newest(tmp_path, export_root):
-    first = run_export(_fake_run(tmp_path, "a"), export_root, "run-1")
+    first = run_export(ExportConfig(), _fake_run(tmp_path, "a"), export_root, "run-1")
     assert storage.read_text(storage.join(first.exported["model"], "tokenizer", "tokenizer.json")) == "{}"
     assert storage.read_text(storage.join(resolve_model_uri(export_root), "config.json")) == '{"tag": "a"}'
-    run_export(_fake_run(tmp_path, "b"), export_root, "run-2")
+    run_export(ExportConfig(), _fake_run(tmp_path, "b"), export_root, "run-2")
     assert resolve_model_uri(export_root) == storage.join(export_root, "run-2", "model")
     # the first run's outputs are untouched
     assert storage.read_text(storage.join(export_root, "run-1", "model", "config.json")) == '{"tag": "a"}'
@@ -38,4 +38,4 @@ def test_bad_locations(tmp_path, export_root):
     with pytest.raises(InputDataError, match="ghost"):
         resolve_model_uri(export_root)
     with pytest.raises(InputDataError, match="run name"):
-        run_export({}, export_root, "a/b")
+        run_export(ExportConfig(), {}, export_root, "a/b")

@@ -5,11 +5,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from msenc_lib import cli, storage
+from msenc_cli import main as cli
+from msenc_lib import storage
 from msenc_lib.data import synthetic
 from msenc_lib.data.schema import UNIFIED_COLUMNS
 from msenc_lib.data.synthetic import GenerateDataConfig, run_generate_data
-from msenc_lib.data.unified import read_manifest, read_unified, read_unified_table
+from msenc_lib.data.unified import read_unified
+from msenc_lib.layout import read_unified_manifest
 from msenc_lib.errors import InputDataError, StorageError
 from msenc_lib.ingest import IngestConfig, run_ingest
 
@@ -39,7 +41,7 @@ def test_directory_of_csvs_keeps_every_cell_and_row(small, csv_dir, tmp_path):
     back = back.sort_values(["cell_key"], kind="stable").reset_index(drop=True)
     want = small.sort_values(["cell_key"], kind="stable").reset_index(drop=True)
     pd.testing.assert_frame_equal(back, want)
-    manifest = read_manifest(str(tmp_path / "out"))
+    manifest = read_unified_manifest(str(tmp_path / "out"))
     assert manifest["n_rows"] == len(small) and manifest["columns"] == UNIFIED_COLUMNS
     assert [i["size"] for i in manifest["source"]["inputs"]] == [(csv_dir / f"{k}.csv").stat().st_size
                                                                  for k in sorted(small.cell_key.unique())]
@@ -160,8 +162,8 @@ def test_s3_ingest_is_byte_identical_to_local(small, csv_dir, tmp_path, s3):
     for k in parquet:
         assert storage.read_bytes(s3.uri(k)) == (tmp_path / "local" / k.rsplit("/", 1)[1]).read_bytes(), k
     assert "unified/_manifest.json" in keys
-    table = read_unified_table(s3.uri("unified"), columns=["cell_key", "voltage"])
-    assert table.num_rows == len(small) and table.column_names == ["cell_key", "voltage"]
+    table = read_unified(s3.uri("unified"), columns=["cell_key", "voltage"])
+    assert len(table) == len(small) and list(table.columns) == ["cell_key", "voltage"]
 
 
 def test_s3_failure_leaves_nothing(small, tmp_path, s3):

@@ -1,10 +1,10 @@
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-import msenc_lib  # noqa: F401  (registers the Auto* classes)
 from msenc_lib.model import MultiscaleEncoderConfig, MultiscaleEncoderForMaskedLM, MultiscaleEncoderModel
 from msenc_lib.model.masking import MaskingSpec, mask_tokens
 
@@ -116,10 +116,14 @@ def test_save_and_auto_load_give_identical_outputs(tmp_path):
     assert torch.equal(encoder(ids).last_hidden_state, mlm.encoder(ids).last_hidden_state)
 
 
-def test_import_registers_auto_classes_without_importing_torch():
-    code = ("import sys, msenc_lib; assert 'torch' not in sys.modules; "
+def test_importing_the_model_package_registers_the_auto_classes():
+    """In a fresh interpreter: ``import msenc_lib`` alone changes nothing (no transformers, no torch, no
+    environment); ``import msenc_lib.model`` registers ``model_type: msenc`` with the Auto* factories."""
+    code = ("import os, sys, msenc_lib; assert 'transformers' not in sys.modules and 'torch' not in sys.modules; "
+            "assert 'OMP_WAIT_POLICY' not in os.environ; import msenc_lib.model; "
             "from transformers import AutoConfig; print(AutoConfig.for_model('msenc').__class__.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "MultiscaleEncoderConfig"
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import msenc_lib.model  # noqa: F401  (registers the model with transformers' Auto* classes)
 from msenc_lib import storage
 
 TINY_ARGS = {"data_size": "tiny", "preset": "tiny", "max_steps": 30, "ratio_train": 0.6, "ratio_validation": 0.15,
@@ -108,13 +109,13 @@ def test_subprocess_pipeline_artifacts(tiny_run):
 
 @pytest.mark.slow
 def test_pipeline_on_s3_warm_started_from_an_export(tiny_run, s3, tmp_path):
-    from msenc_lib.export import run_export, resolve_model_uri
+    from msenc_lib.export import ExportConfig, resolve_model_uri, run_export
     from msenc_pipelines.cli import run_pipeline_locally
 
     _, first = tiny_run
     storage.upload_dir(first["data"] / "unified", s3.uri("raw"))
     exports = s3.uri("exports")
-    run_export({"model": str(first["train"] / "model")}, exports, "run-0")
+    run_export(ExportConfig(), {"model": str(first["train"] / "model")}, exports, "run-0")
 
     result = run_pipeline_locally(tmp_path, runner="subprocess", arguments={
         **TINY_ARGS, "data_source_uri": s3.uri("raw"), "init_model_uri": exports, "export_uri": exports,

@@ -22,7 +22,7 @@ ACCEPTANCE_FLAGS = ["--image", "R/msenc:1", "--job-image", "R/msenc-cuda:1", "--
 
 
 def msenc(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "msenc_lib", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "msenc_cli", *args], capture_output=True, text=True, timeout=300,
                           **kwargs)
 
 

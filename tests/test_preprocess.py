@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zlib
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from msenc_lib import preprocess_input
-from msenc_lib.cli import main as cli_main
+from msenc_cli.main import main as cli_main
+from msenc_lib.preprocess import scan
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
-from msenc_lib.preprocess import PreprocessConfig, read_sequences, run_preprocess
+from msenc_lib.layout import read_sequence_table
+from msenc_lib.preprocess import PreprocessConfig, run_preprocess
 
 DATA = Path(__file__).parent / "data" / "sequences"
 GOLDEN = DATA / "golden_unified.csv"
@@ -80,7 +80,7 @@ def embedding_streams(cell: str, rows: list[str], cycles: list[int], seed: int) 
 def decoded(out: Path) -> dict:
     """Sequences decoded with the saved tokenizer loaded through transformers."""
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")
-    seqs = read_sequences(str(out)).to_pylist()
+    seqs = read_sequence_table(str(out)).to_pylist()
     res = {}
     for s in seqs:
         assert s["n_tokens"] == len(s["input_ids"])
@@ -136,7 +136,7 @@ def test_golden_embedding_mode_and_text_csv(tmp_path):
             expected[(cell, cyc)] = stream
     assert texts == expected
     assert sorted(texts[("b1c0", 0)].split(SEP)) == sorted(B1C0_SMOOTH[:3])
-    table = read_sequences(str(out))
+    table = read_sequence_table(str(out))
     assert table.schema.field("cycle_number").type == pa.int64()
     assert table.column("cell_key").to_pylist() == ["b1c0"] * 3 + ["b1c1"] * 2 + ["b1c2"]
     # The original's per-cell CSV: cell_key, cycle_number (as text), the quoted stream.
@@ -155,7 +155,7 @@ def test_training_text_csv_and_parquet_input_match_csv_input(tmp_path):
     assert decoded(out_csv) == decoded(out_pq)
     csv_text = (out_csv / "text" / "b1c1.csv").read_text()
     assert csv_text == f'cell_key,battery_stream\nb1c1,"{training_stream(B1C1_SMOOTH, 24, 6)}"\n'
-    assert read_sequences(str(out_csv)).equals(read_sequences(str(out_pq)))
+    assert read_sequence_table(str(out_csv)).equals(read_sequence_table(str(out_pq)))
 
 
 def test_float_cycle_numbers_and_exclude_features(tmp_path):
@@ -169,7 +169,7 @@ def test_float_cycle_numbers_and_exclude_features(tmp_path):
     assert texts == {("nca1", 1.0): embedding_streams("nca1", ["1.0,0.25,3.6,0.2", "1.0,0.5,3.6123,0.1"],
                                                       [1, 1], 24)[1],
                      ("nca1", 2.0): "2.0,0.0,3.0,<|UNK|>"}
-    assert read_sequences(str(out)).schema.field("cycle_number").type == pa.float64()
+    assert read_sequence_table(str(out)).schema.field("cycle_number").type == pa.float64()
 
 
 # ------------------------------------------------------------------------------------ determinism
@@ -195,9 +195,9 @@ def test_workers_do_not_change_the_output(tiny_unified, tmp_path):
     assert m1["cells"] == m2["cells"]
 
 
-def test_matches_polars_reimplementation_of_original(tiny_unified, tmp_path):
+def test_matches_polars_reimplementation_of_original(tiny_unified, tmp_path, monkeypatch):
     pytest.importorskip("polars")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     from reference_preprocess import reference_preprocess
 
     result, out = run(tmp_path, input_path=tiny_unified, time_cutoff=[20])
@@ -215,7 +215,7 @@ def test_one_multi_cell_csv_equals_per_cell_files(tiny_unified, tmp_path, monkey
     df = df.sort_values(["k", "cell_key"], kind="stable").drop(columns="k")
     big = tmp_path / "all.csv"
     df.to_csv(big, index=False)
-    monkeypatch.setattr(preprocess_input, "CSV_BLOCK", 1 << 14)
+    monkeypatch.setattr(scan, "CSV_BLOCK", 1 << 14)
     _, from_csv = run(tmp_path, "csv", input_path=big)
     _, from_parquet = run(tmp_path, "pq", input_path=tiny_unified)
     assert decoded(from_csv) == decoded(from_parquet)
@@ -227,7 +227,7 @@ def test_csv_type_change_after_first_block_is_promoted(tmp_path, monkeypatch):
     rows += ["c1,400,0.0,2.5,0.5"]  # ...then a float: the whole column is float, as with one read
     src = tmp_path / "types.csv"
     src.write_text("\n".join(rows) + "\n")
-    monkeypatch.setattr(preprocess_input, "CSV_BLOCK", 1 << 10)
+    monkeypatch.setattr(scan, "CSV_BLOCK", 1 << 10)
     _, out = run(tmp_path, input_path=src, is_training_shuffled=False)
     texts = decoded(out)
     assert texts[("c1", 3)] == "3,0.0,3.0,0.5" and texts[("c1", 400)] == "400,0.0,2.5,0.5"
@@ -275,7 +275,7 @@ def test_local_hf_tokenizer_is_patched_like_the_original(tmp_path):
                                                                                "<|MASK|>")
     assert decoded(out)["b1c0"] == training_stream(B1C0, 24, 6)
     # BPE merges digits: fewer tokens than characters.
-    seq = read_sequences(str(out)).to_pylist()[0]
+    seq = read_sequence_table(str(out)).to_pylist()[0]
     assert seq["n_tokens"] < len(training_stream(B1C0, 24, 6))
     _, emb = run(tmp_path, "emb", tokenizer_id=str(folder), smooth_charge_capacity=False, is_training_shuffled=False)
     assert decoded(emb)[("b1c0", 0)] == embedding_streams("b1c0", B1C0, [0, 0, 0, 1, 1, 2], 24)[0]
@@ -302,14 +302,22 @@ def _assert_nothing_written(path: Path) -> None:
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("column_time", ["cycle_numer", "time"], "did you mean 'cycle_number'"),
-    ("column_id", "cell", "--column-id 'cell'"),
+    ("time_columns", ["cycle_numer", "time"], "did you mean 'cycle_number'"),
+    ("id_column", "cell", "--column-id 'cell'"),
 ])
 def test_unknown_columns_fail_clearly(tmp_path, option, value, needle):
     with pytest.raises(ConfigError, match="is not a column") as err:
         run(tmp_path, **{option: value})
     assert needle in str(err.value)
     _assert_nothing_written(tmp_path / "out")
+
+
+def test_the_original_option_names_still_work():
+    """column_id / column_time (the original's names; the fields are id_column / time_columns) in a document,
+    the environment or as flags (the flags: test_cli_original_options_and_error_exit)."""
+    old = PreprocessConfig.load({"column_id": "cell"}, environ={"MSENC_PREPROCESS__COLUMN_TIME": "cycle_number"})
+    assert (old.id_column, old.time_columns) == ("cell", ["cycle_number"])
+    assert PreprocessConfig(column_id="x").id_column == "x"
 
 
 def test_cutoff_leaving_no_rows_fails(tmp_path):
@@ -393,5 +401,5 @@ def test_empty_separators_and_a_glob_of_cell_files(tmp_path):
     _, out = run(tmp_path, input_path=str(d / "b1c*.csv"), value_sep="", time_sep="", smooth_charge_capacity=False)
     perm = np.random.default_rng(24).permutation(6)
     assert decoded(out)["b1c0"] == "".join(B1C0[i].replace(",", "") for i in perm)
-    seq = read_sequences(str(out)).to_pylist()[0]
+    seq = read_sequence_table(str(out)).to_pylist()[0]
     assert 3 not in seq["input_ids"]  # no separator token at all

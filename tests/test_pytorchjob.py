@@ -261,7 +261,7 @@ def test_cli_render_matches_the_library(tmp_path):
             "--image", IMAGE, "--data-uri", "s3://bucket/split", "--output-uri", "s3://bucket/models/run1",
             "--node-selector", "pool=gpu", "zone=a", "--toleration", "nvidia.com/gpu:NoSchedule",
             "--cpu", "4", "--memory", "16Gi", "--timeout", "600", "--preset", "tiny", "--max-steps", "10"]
-    out = subprocess.run([sys.executable, "-m", "msenc_lib.cli", *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "msenc_cli", *args], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert out.returncode == 0, out.stderr
     rendered = yaml.safe_load(out.stdout)
@@ -272,7 +272,7 @@ def test_cli_render_matches_the_library(tmp_path):
     assert rendered == expected
     assert rendered["spec"]["runPolicy"]["activeDeadlineSeconds"] == 600
 
-    bad = subprocess.run([sys.executable, "-m", "msenc_lib.cli", *args, "--toleration", "gpu:Sometimes"],
+    bad = subprocess.run([sys.executable, "-m", "msenc_cli", *args, "--toleration", "gpu:Sometimes"],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                          timeout=120)
     assert bad.returncode == 2 and "effect must be one of" in bad.stderr
@@ -331,6 +331,7 @@ PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers,gpus", [(2, 0), (1, 2)], ids=["2-pods", "torchrun-2-procs"])
 def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, workers, gpus):
     """The rendered Master/Worker commands, run as local processes with the operator's env and the S3
@@ -506,7 +507,7 @@ def test_sigterm_cancels_and_deletes_the_job(tmp_path):
         for var in ("KUBERNETES_SERVICE_HOST", "KFP_POD_NAME", "KFP_POD_UID"):
             env.pop(var, None)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "msenc_lib.cli", "launch", "pytorchjob", "--name", JOB, "--image", IMAGE,
+            [sys.executable, "-m", "msenc_cli", "launch", "pytorchjob", "--name", JOB, "--image", IMAGE,
              "--data-uri", "s3://bucket/split", "--output-uri", "s3://bucket/m", "--poll-interval", "0.05"],
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -658,7 +659,7 @@ def test_cli_render_in_a_kfp_step_validates_and_carries_owner_labels_resources_s
     env = {**os.environ, "PYTHONPATH": str(REPO), "KFP_POD_NAME": "msenc-run-abc-system-container-impl-1",
            "KFP_POD_UID": "6c1d3f5e-2b7a-4e0c-9d8f-1a2b3c4d5e6f"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    out = subprocess.run([sys.executable, "-m", "msenc_lib.cli", "launch", "pytorchjob", "--render", "--image", IMAGE,
+    out = subprocess.run([sys.executable, "-m", "msenc_cli", "launch", "pytorchjob", "--render", "--image", IMAGE,
                           "--workers", "2", "--gpus-per-worker", "1", "--data-uri", "minio://mlpipeline/v2/a/split",
                           "--output-uri", "minio://mlpipeline/v2/a/model", "--run-id", "run-7", "--step-name", "train"],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)

@@ -4,9 +4,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from msenc_lib.data import synthetic
-from msenc_lib.data.readers import read_csv_file, read_parquet_file, read_table_file, resolve_inputs
+from msenc_lib.data.readers import format_of, read_columns, read_csv_file, read_parquet_file, resolve_inputs
 from msenc_lib.data.schema import UNIFIED_COLUMNS
 from msenc_lib.errors import InputDataError
+
+
+def read_table_file(path, fmt=None, allow_nan=False):
+    """One CSV/Parquet file through the ingest readers, as one validated table and its report."""
+    pieces: list[pa.Table] = []
+    fmt = fmt or format_of(str(path))
+    if fmt == "csv":
+        report = read_csv_file(path, str(path), pieces.append, allow_nan=allow_nan, on_retry=pieces.clear)
+    else:
+        report = read_parquet_file(path, str(path), pieces.append, allow_nan=allow_nan)
+    if not pieces:
+        return pa.table({n: pa.array([], pa.null()) for n in read_columns(path, fmt, str(path))}), report
+    return pa.concat_tables(pieces, promote_options="permissive"), report
 
 
 @pytest.fixture(scope="module")

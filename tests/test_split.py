@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from msenc_lib.cli import main as cli_main
+from msenc_cli.main import main as cli_main
 from msenc_lib.errors import ConfigError, InputDataError
-from msenc_lib.preprocess import PreprocessConfig, read_sequences, run_preprocess
-from msenc_lib.split import SplitConfig, generate_split, read_split_config, run_split, severson_split
+from msenc_lib.layout import read_sequence_table, read_split_config
+from msenc_lib.preprocess import PreprocessConfig, run_preprocess
+from msenc_lib.split import SplitConfig, generate_split, run_split, severson_split
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _split(src, out, split_config=None, **cfg):
 
 
 def _subset_rows(out: Path, subset: str) -> pa.Table:
-    return read_sequences(str(out / subset))
+    return read_sequence_table(str(out / subset))
 
 
 def test_generated_split_is_token_weighted_greedy_and_seeded(dataset, tmp_path):
@@ -43,7 +44,7 @@ def test_generated_split_is_token_weighted_greedy_and_seeded(dataset, tmp_path):
     assert list(cfg) == ["train", "validation", "test"] and cfg_text.startswith('{\n    "train": [\n        "')
     assert all(name.endswith(".csv") for names in cfg.values() for name in names)
     # Tokens per cell from the data; the fill follows the original's rule.
-    table = read_sequences(str(dataset))
+    table = read_sequence_table(str(dataset))
     tokens: dict[str, int] = {}
     for k, n in zip(table["cell_key"].to_pylist(), table["n_tokens"].to_pylist()):
         tokens[k] = tokens.get(k, 0) + n
@@ -82,7 +83,7 @@ def test_reusing_a_config_reproduces_the_assignment(dataset, tmp_path):
 
 
 def test_config_written_by_the_original_is_accepted(dataset, tmp_path):
-    cells = sorted(set(read_sequences(str(dataset))["cell_key"].to_pylist()))
+    cells = sorted(set(read_sequence_table(str(dataset))["cell_key"].to_pylist()))
     original = tmp_path / "split_cfg.json"
     # The original writes json.dump(..., indent=4) of per-cell CSV file names.
     original.write_text(json.dumps({"train": [f"{c}.csv" for c in cells[:8]], "validation": [f"{cells[8]}.csv"],
@@ -171,7 +172,7 @@ def test_severson_preset_on_embeddings(tmp_path):
 
 def test_embeddings_reuse_the_sequences_split(dataset, tmp_path):
     _split(dataset, tmp_path / "seqsplit", seed=5)
-    cells = sorted(set(read_sequences(str(dataset))["cell_key"].to_pylist()))
+    cells = sorted(set(read_sequence_table(str(dataset))["cell_key"].to_pylist()))
     _embeddings(tmp_path / "emb", cells)
     res = _split(tmp_path / "emb", tmp_path / "embsplit", split_config=str(tmp_path / "seqsplit" / "split_cfg.json"))
     cfg = read_split_config(str(tmp_path / "seqsplit" / "split_cfg.json"))
@@ -220,7 +221,7 @@ def test_cli_config_alias_reuses_and_stage_config_sets_options(dataset, tmp_path
 
 
 def _weights(dataset: Path) -> dict[str, int]:
-    t = read_sequences(str(dataset))
+    t = read_sequence_table(str(dataset))
     out: dict[str, int] = {}
     for k, n in zip(t["cell_key"].to_pylist(), t["n_tokens"].to_pylist()):
         out[k] = out.get(k, 0) + n

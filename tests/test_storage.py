@@ -36,6 +36,21 @@ def test_publish_then_list_read(base):
     assert storage.stat(storage.join(out, "sub/b.parquet"))["size"] == 2
 
 
+@pytest.mark.parametrize("pattern, expected", [
+    ("raw/*.csv", ["raw/a.csv", "raw/b1.csv"]),
+    ("raw/b?.csv", ["raw/b1.csv"]),
+    ("raw/[ab]*.csv", ["raw/a.csv", "raw/b1.csv"]),
+    ("raw/**/*.csv", ["raw/a.csv", "raw/b1.csv", "raw/sub/c.csv", "raw/sub/deep/d.csv"]),
+    ("raw/*/*.csv", ["raw/sub/c.csv"]),
+    ("raw/**/d.csv", ["raw/sub/deep/d.csv"]),
+])
+def test_globs_mean_the_same_locally_and_on_s3(base, pattern, expected):
+    files = {rel: b"x" for rel in ("raw/a.csv", "raw/b1.csv", "raw/sub/c.csv", "raw/sub/deep/d.csv", "raw/e.json")}
+    with storage.publish(base) as stage:
+        _fill(stage, files)
+    assert storage.expand(storage.join(base, pattern)) == [storage.join(base, rel) for rel in expected]
+
+
 def test_failed_stage_leaves_nothing(base):
     out = storage.join(base, "out")
     with pytest.raises(RuntimeError):

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from msenc_lib.textformat import TEXT, UnformattableValue, format_rows, format_value, rounded_abs, to_text
+from msenc_lib.preprocess.textformat import TEXT, UnformattableValue, format_rows, format_value, rounded_abs, to_text
 from msenc_lib.tokenizer import load_tokenizer
 
 

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from msenc_lib.errors import ConfigError
-from msenc_lib.textformat import format_value
+from msenc_lib.preprocess.textformat import format_value
 from msenc_lib.tokenizer import (
     BUILTIN_NAME,
     build_numeric_tokenizer,

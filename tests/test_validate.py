@@ -14,10 +14,41 @@ from msenc_lib.data.validate import (
     NUMERIC_TEXT,
     REPEATED_TIMESTAMPS,
     UnifiedValidator,
-    normalize_unified,
-    validate_unified,
+    ValidationReport,
 )
 from msenc_lib.errors import InputDataError
+
+
+def to_arrow(df) -> pa.Table:
+    """A pyarrow Table from a pandas DataFrame (no index) or a Table: float NaN stays NaN (not null), so NaN
+    and empty values are told apart; an object column with mixed content becomes text, so that validation
+    can quote the value that is not a number."""
+    if isinstance(df, pa.Table):
+        return df
+    arrays = {}
+    for name in df.columns:
+        series = df[name]
+        if series.dtype.kind == "f":
+            arrays[str(name)] = pa.array(series.to_numpy(), from_pandas=False)
+            continue
+        try:
+            arrays[str(name)] = pa.Array.from_pandas(series)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            arrays[str(name)] = pa.array([None if v is None or (isinstance(v, float) and v != v) else str(v)
+                                          for v in series.tolist()], pa.string())
+    return pa.table(arrays)
+
+
+def normalize_unified(df, source: str, allow_nan: bool = False) -> tuple[pa.Table, ValidationReport]:
+    """A whole table validated at once, as a reader validates its batches: normalised table and report."""
+    v = UnifiedValidator(source, allow_nan=allow_nan)
+    table = to_arrow(df)
+    v.check_columns(table.column_names)
+    return v.validate_batch(table, 0), v.report
+
+
+def validate_unified(df, source: str, allow_nan: bool = False) -> ValidationReport:
+    return normalize_unified(df, source, allow_nan=allow_nan)[1]
 
 
 def table(n_cells=2, cycles=(0, 1, 2), rows=4) -> pd.DataFrame:

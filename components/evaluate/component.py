@@ -27,13 +27,13 @@ def evaluate(
     """
     import shutil
 
-    from msenc_lib import storage
+    from msenc_lib import layout, storage
     from msenc_lib.evaluate import EvaluateConfig, run_evaluate
     from msenc_lib.kfp_support import component_config, log_metrics
 
     cfg = component_config(EvaluateConfig, config_yaml, first_cycles=first_cycles, horizon=horizon, seed=seed,
                            progress=False)
-    result = run_evaluate(cfg, embeddings.path, unified.path, storage.join(split.path, "split_cfg.json"),
+    result = run_evaluate(cfg, embeddings.path, unified.path, storage.join(split.path, layout.SPLIT_CONFIG),
                           evaluation.path, overwrite=True)
     log_metrics(metrics, result.headline)
     shutil.copyfile(result.report_uri, report.path)

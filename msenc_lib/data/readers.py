@@ -1,29 +1,29 @@
-"""Input readers for the unified table: CSV (one file with many cells, one file per cell, a folder, a
-glob) and Parquet. Files on S3 are read from a local copy (``storage.local_copy``).
+"""Reading raw tables: the one reader layer of ingest and preprocess.
 
-CSV is streamed with ``pyarrow.csv.open_csv`` in blocks (``block_size``); each block is validated and
-handed on right away (the ingest stage spills it per cell), so a CSV larger than memory can be ingested.
-Types follow the file like the polars-based original: integer columns stay int64 (also with empty
-cells), the unified float columns are always float64, ``cell_key`` is a string. pyarrow infers types from
-the first block; if a later block does not fit (e.g. ``1.5`` in a column that started with integers) the
-file is scanned once as text to decide the types (or to report the first non-numeric value with its row)
-and then re-read.
+* :func:`resolve_inputs`: a file, a folder or a glob (local or s3://) -> the input files and their format.
+* :func:`read_csv`: a CSV streamed with ``pyarrow.csv.open_csv`` in blocks (``block_size``), each handed on
+  right away, so a CSV larger than memory can be read. pyarrow infers types from the first block; if a later
+  block does not fit (e.g. ``1.5`` in a column that started with integers) the file is scanned once as text
+  to decide the types (or to report the first non-numeric value with its row) and then re-read.
+* :func:`read_csv_file` / :func:`read_parquet_file`: one file of the unified table, validated and normalised
+  batch by batch (ingest). Types follow the file like the polars-based original: integer columns stay int64
+  (also with empty cells), the unified float columns are always float64, ``cell_key`` is a string. Parquet
+  is read in row batches with the file's own types (a pandas index column is dropped).
 
-Parquet is read in row batches with the file's own types (a pandas index column is dropped).
+Files on S3 are read from a local copy (``storage.local_copy``).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from msenc_lib import storage
-from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, INTEGER_COLUMNS, NUMERIC_COLUMNS
+from msenc_lib import layout, storage
+from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, NUMERIC_COLUMNS
 from msenc_lib.data.validate import ROW_MEANING, UnifiedValidator, ValidationReport
 from msenc_lib.errors import InputDataError
 
@@ -49,10 +49,6 @@ def format_of(path: str) -> str | None:
     return None
 
 
-def _hidden(rel: str) -> bool:
-    return any(part[:1] in ("_", ".") for part in rel.split("/") if part)
-
-
 def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, list[str]]:
     """Files named by a path/folder/glob, their format, and files skipped (other formats, ``_*``/``.*``).
 
@@ -66,8 +62,7 @@ def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, l
     if not files:
         raise InputDataError(f"no input files found at {input_uri}")
     if storage.is_dir(input_uri):
-        base = input_uri.rstrip("/") + "/"
-        files = [f for f in files if not _hidden(f[len(base):] if f.startswith(base) else storage.basename(f))]
+        files = [f for f in files if not layout.is_hidden(layout.relative_to(f, input_uri))]
     kinds = {f: format_of(f) for f in files}
     if fmt == "auto":
         found = sorted({k for k in kinds.values() if k})
@@ -88,90 +83,104 @@ def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, l
 
 
 # ----------------------------------------------------------------------------------------------- CSV
-def _csv_options(types: dict[str, pa.DataType], block_size: int):
-    read = pacsv.ReadOptions(block_size=block_size, use_threads=True)
-    convert = pacsv.ConvertOptions(
-        column_types=types,
-        null_values=[""],
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=True,
-    )
-    return read, convert
-
-
-def _open_csv(path: Path, types: dict[str, pa.DataType], block_size: int):
-    read, convert = _csv_options(types, block_size)
+def open_csv(path: str | os.PathLike, types: dict[str, pa.DataType], block_size: int = DEFAULT_CSV_BLOCK,
+             include: list[str] | None = None, use_threads: bool = True, parse_timestamps: bool = True):
+    """A streaming reader of a (possibly compressed) CSV: ``types`` for some columns, pyarrow's inference from
+    the first block for the rest; empty fields are nulls. ``parse_timestamps=False`` keeps dates as text."""
+    read = pacsv.ReadOptions(block_size=block_size, use_threads=use_threads)
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=include, null_values=[""],
+                                   strings_can_be_null=True, quoted_strings_can_be_null=True,
+                                   **({} if parse_timestamps else {"timestamp_parsers": []}))
     return pacsv.open_csv(pa.input_stream(str(path), compression="detect"), read_options=read,
                           convert_options=convert)
 
 
-def _csv_header(path: Path, source: str, block_size: int) -> list[str]:
+def read_columns(path: str | os.PathLike, fmt: str, source: str) -> list[str]:
+    """Column names of an input file (CSV header or Parquet schema)."""
     try:
-        reader = _open_csv(path, {}, min(block_size, 1 << 16))
-    except pa.ArrowInvalid as e:
-        raise InputDataError(f"{source}: cannot read CSV: {e}") from None
-    names = reader.schema.names
-    reader.close()
-    return names
+        if fmt == "parquet":
+            return list(pq.read_schema(str(path)).names)
+        reader = open_csv(path, {}, 1 << 16)
+        names = list(reader.schema.names)
+        reader.close()
+        return names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputDataError(f"{source}: cannot read the {fmt} file: {e}") from None
 
 
-def _classify_text(values: list) -> tuple[str, int | None]:
-    """('int' | 'float' | 'text', index of the first non-numeric value or None)."""
-    kind = "int"
+def _first_non_numeric(values: list) -> int | None:
+    """Index of the first value Python cannot read as a number (None: all can)."""
     for i, v in enumerate(values):
         if v is None:
             continue
-        s = str(v)
         try:
-            int(s)
-            continue
+            float(str(v))
         except ValueError:
-            pass
-        try:
-            float(s)
-            kind = "float"
-        except ValueError:
-            return "text", i
-    return kind, None
+            return i
+    return None
 
 
-def _diagnose_csv(path: Path, source: str, names: list[str], block_size: int) -> dict[str, pa.DataType]:
-    """Scan the file as text: report the first non-numeric value of a numeric column, or return the
-    types that fit every block (int64 / float64 / string)."""
+def csv_types_by_scan(path: str | os.PathLike, source: str, block_size: int = DEFAULT_CSV_BLOCK,
+                      include: list[str] | None = None, strict: Collection[str] = (), use_threads: bool = True,
+                      parse_timestamps: bool = True) -> dict[str, pa.DataType]:
+    """Types that fit every value of a CSV, read once as text: int64, else float64, else text. A value that is
+    not a number in a ``strict`` column is an error naming its row and cell. Columns holding only empty
+    values are left to pyarrow's inference."""
     kinds: dict[str, str] = {}
+    names = read_columns(path, "csv", source) if include is None else include
+    offset = 0
     try:
-        reader = _open_csv(path, {n: pa.string() for n in names}, block_size)
-        offset = 0
-        for batch in reader:
+        for batch in open_csv(path, {n: pa.string() for n in names}, block_size, include, use_threads,
+                              parse_timestamps):
             for name in batch.schema.names:
-                if kinds.get(name) == "text":
-                    continue
                 col = batch.column(name)
-                try:
-                    col.cast(pa.int64())
-                    kinds.setdefault(name, "int")
+                if kinds.get(name) == "text" or col.null_count == len(col):
                     continue
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    pass
-                try:
-                    col.cast(pa.float64())
-                    kinds[name] = "float"
-                    continue
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    pass
-                kind, first = _classify_text(col.to_pylist())
-                if kind == "text" and name in NUMERIC_COLUMNS:
-                    cell = batch.column(ID_COLUMN)[first].as_py() if ID_COLUMN in batch.schema.names else None
-                    raise InputDataError(
-                        f"{source}: row {offset + first + 1} ({ROW_MEANING}), cell {cell!r}, column {name!r}: "
-                        f"non-numeric value {col[first].as_py()!r} in a numeric column"
-                    )
-                kinds[name] = "text" if kind == "text" else ("float" if kind == "float" else kinds.get(name, "int"))
+                for kind, typ in (("int", pa.int64()), ("float", pa.float64())):
+                    if kind == "int" and kinds.get(name) == "float":
+                        continue
+                    try:
+                        col.cast(typ)
+                        kinds[name] = kind
+                        break
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        continue
+                else:
+                    first = _first_non_numeric(col.to_pylist()) if name in strict else 0
+                    if first is not None and name in strict:
+                        cell = batch.column(ID_COLUMN)[first].as_py() if ID_COLUMN in batch.schema.names else None
+                        raise InputDataError(
+                            f"{source}: row {offset + first + 1} ({ROW_MEANING}), cell {cell!r}, column {name!r}: "
+                            f"non-numeric value {col[first].as_py()!r} in a numeric column")
+                    kinds[name] = "text" if first is not None else "float"
             offset += batch.num_rows
     except pa.ArrowInvalid as e:
         raise InputDataError(f"{source}: malformed CSV: {e}") from None
     types = {"int": pa.int64(), "float": pa.float64(), "text": pa.string()}
     return {n: types[k] for n, k in kinds.items()}
+
+
+def read_csv(path: str | os.PathLike, source: str, sink: Sink, *, fixed: dict[str, pa.DataType],
+             block_size: int = DEFAULT_CSV_BLOCK, include: list[str] | None = None, strict: Collection[str] = (),
+             on_retry: Callable[[], None] | None = None, use_threads: bool = True,
+             parse_timestamps: bool = True) -> None:
+    """Stream a CSV into ``sink`` batch by batch: ``fixed`` types for some columns, pyarrow's inference from the
+    first block for the rest. When a later block does not fit the inferred types (e.g. ``1.5`` in a column
+    that started with integers), the file is scanned once as text (:func:`csv_types_by_scan`) and read
+    again; ``on_retry`` is called first, so the caller can discard what the first attempt handed on."""
+    types = dict(fixed)
+    for attempt in range(2):
+        try:
+            for batch in open_csv(path, types, block_size, include, use_threads, parse_timestamps):
+                sink(batch)
+            return
+        except pa.ArrowInvalid as e:
+            if attempt == 1:
+                raise InputDataError(f"{source}: cannot convert CSV values: {e}") from None
+            if on_retry:
+                on_retry()
+            types = {**csv_types_by_scan(path, source, block_size, include, strict, use_threads, parse_timestamps),
+                     **fixed}
 
 
 def base_csv_types(names: list[str]) -> dict[str, pa.DataType]:
@@ -180,40 +189,38 @@ def base_csv_types(names: list[str]) -> dict[str, pa.DataType]:
     return {n: t for n, t in types.items() if n in names}
 
 
+class _Validated:
+    """A sink that validates and normalises the batches of one read attempt before handing them on."""
+
+    def __init__(self, source: str, names: list[str], sink: Sink, allow_nan: bool):
+        self.source, self.names, self.sink, self.allow_nan = source, names, sink, allow_nan
+        self.restart()
+
+    def restart(self) -> None:
+        self.validator = UnifiedValidator(self.source, allow_nan=self.allow_nan)
+        self.validator.check_columns(self.names)
+        self.offset = 0
+
+    def __call__(self, batch: pa.RecordBatch) -> None:
+        self.sink(self.validator.validate_batch(batch, self.offset))
+        self.offset += batch.num_rows
+
+
 def read_csv_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan: bool = False,
                   block_size: int = DEFAULT_CSV_BLOCK, on_retry: Callable[[], None] | None = None) -> ValidationReport:
     """Stream one unified CSV into ``sink`` (validated, normalised batches). ``on_retry`` is called before a
     re-read so the caller can discard what the first attempt handed on."""
-    path = Path(path)
-    names = _csv_header(path, source, block_size)
-    UnifiedValidator(source).check_columns(names)  # fail on missing columns before reading any data
-    types = base_csv_types(names)
-    for attempt in range(2):
-        validator = UnifiedValidator(source, allow_nan=allow_nan)
-        validator.check_columns(names)
-        try:
-            reader = _open_csv(path, types, block_size)
-            offset = 0
-            for batch in reader:
-                sink(validator.validate_batch(batch, offset))
-                offset += batch.num_rows
-            return validator.report
-        except pa.ArrowInvalid as e:
-            if attempt == 1:
-                raise InputDataError(f"{source}: cannot convert CSV values: {e}") from None
-            if on_retry:
-                on_retry()
-            found = _diagnose_csv(path, source, names, block_size)
-            for name, t in found.items():
-                if name == ID_COLUMN:
-                    continue
-                if name in FLOAT_COLUMNS:
-                    types[name] = pa.float64()
-                elif name in INTEGER_COLUMNS:
-                    types[name] = pa.float64() if t == pa.float64() else pa.int64()
-                else:
-                    types[name] = t
-    raise AssertionError("unreachable")
+    names = read_columns(path, "csv", source)
+    validated = _Validated(source, names, sink, allow_nan)  # fails on missing columns before reading any data
+
+    def retry() -> None:
+        if on_retry:
+            on_retry()
+        validated.restart()
+
+    read_csv(path, source, validated, fixed=base_csv_types(names), block_size=block_size, strict=NUMERIC_COLUMNS,
+             on_retry=retry)
+    return validated.validator.report
 
 
 # ------------------------------------------------------------------------------------------- Parquet
@@ -240,28 +247,7 @@ def read_parquet_file(path: str | os.PathLike, source: str, sink: Sink, *, allow
     return validator.report
 
 
-def read_table_file(path: str | os.PathLike, source: str | None = None, fmt: str | None = None,
-                    allow_nan: bool = False) -> tuple[pa.Table, ValidationReport]:
-    """One CSV/Parquet file as a validated, normalised table (convenience for small files and tests)."""
-    pieces: list[pa.Table] = []
-    fmt = fmt or format_of(str(path))
-    source = source or str(path)
-    if fmt == "csv":
-        report = read_csv_file(path, source, pieces.append, allow_nan=allow_nan, on_retry=pieces.clear)
-    elif fmt == "parquet":
-        report = read_parquet_file(path, source, pieces.append, allow_nan=allow_nan)
-    else:
-        raise InputDataError(f"{source}: not a CSV or Parquet file")
-    if not pieces:
-        if fmt == "csv":
-            names = _csv_header(Path(path), source, 1 << 16)
-        else:
-            names = pq.ParquetFile(str(path)).schema_arrow.names
-        return pa.table({n: pa.array([], pa.null()) for n in names}), report
-    return pa.concat_tables(pieces, promote_options="permissive"), report
-
-
 __all__ = [
-    "FORMATS", "FORMAT_EXTENSIONS", "format_of", "resolve_inputs", "read_csv_file", "read_parquet_file",
-    "read_table_file",
+    "FORMATS", "FORMAT_EXTENSIONS", "format_of", "resolve_inputs", "open_csv", "read_columns", "read_csv",
+    "csv_types_by_scan", "read_csv_file", "read_parquet_file",
 ]

@@ -27,8 +27,6 @@ bench 124 cells x their whole life at finer logging (~15M rows). Cells are gener
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import dataclass
 from typing import Iterator, Literal
@@ -186,22 +184,6 @@ def _discharge_counts(q: np.ndarray, res: Resolution) -> np.ndarray:
     """Logged points strictly inside each cycle's discharge (the cut-off point is added separately)."""
     duration = q / (DISCHARGE_RATE * Q_NOMINAL) * 60.0
     return np.ceil(duration / res.discharge_dt - 1e-9).astype(np.int64) - 1
-
-
-def _fixed_points(res: Resolution) -> int:
-    n_charge = int(round(0.8 / res.charge_soc_step))
-    return 1 + n_charge + res.cc1c_points + res.cv_points + res.rest_points + 1 + res.rest_points
-
-
-def estimate_rows(plans: list[CellPlan], spec: SizeSpec) -> int:
-    """Rows the generator will write, without generating (cheap)."""
-    res = spec.resolution
-    total = 0
-    for p in plans:
-        n = np.arange(recorded_cycles(p, spec))
-        total += int(np.sum(_discharge_counts(capacity_curve(p, n), res))) + len(n) * _fixed_points(res)
-        total += res.zero_rows
-    return total
 
 
 def _rounded(values: np.ndarray, decimals: int) -> np.ndarray:
@@ -401,10 +383,10 @@ class GenerateDataResult(BaseModel):
 
 def run_generate_data(config: GenerateDataConfig, output_uri: str, overwrite: bool = False) -> GenerateDataResult:
     """Generate the synthetic dataset into ``output_uri`` (the unified Parquet layout, like ingest output)."""
-    from msenc_lib import __version__, storage
-    from msenc_lib.data.unified import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, cell_file_name, progress_bar,
-                                        write_cell_parquet)
+    from msenc_lib import __version__, layout, storage
+    from msenc_lib.data.unified import write_cell_parquet, write_unified_manifest
     from msenc_lib.data.validate import UnifiedValidator
+    from msenc_lib.progress import progress_bar
 
     start = time.perf_counter()
     spec = resolve_size(config.size, config.n_cells, config.last_cycle)
@@ -416,60 +398,23 @@ def run_generate_data(config: GenerateDataConfig, output_uri: str, overwrite: bo
         for plan in progress_bar(plans, len(plans), "generating cells", config.progress):
             table = validator.validate_batch(generate_cell(plan, spec, config.seed), 0)
             schema = table.schema
-            fname = cell_file_name(plan.cell_key)
+            fname = layout.cell_file_name(plan.cell_key)
             write_cell_parquet(table, staging / fname, config.row_group_size)
             n = recorded_cycles(plan, spec)
             cells.append({"cell_key": plan.cell_key, "file": fname, "rows": table.num_rows, "cycles": n,
                           "cycle_life": plan.cycle_life, "charge_policy": plan.policy})
             n_rows += table.num_rows
             n_cycles += n
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+        write_unified_manifest(staging, {
             "created_by": f"msenc {__version__} generate-data",
             "source": {"kind": "synthetic", "size": config.size, "seed": config.seed,
                        "n_cells": spec.n_cells, "last_cycle": spec.last_cycle,
                        "resolution": spec.resolution.__dict__},
-            "n_cells": len(cells),
-            "n_rows": n_rows,
-            "columns": schema.names,
-            "dtypes": {f.name: str(f.type) for f in schema},
-            "csv": None,
-            "warnings": [w.model_dump() for w in validator.report.warnings],
-            "cells": cells,
-        }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+        }, cells, schema, validator.report.warnings)
     lives = [c["cycle_life"] for c in cells]
     return GenerateDataResult(
         output_uri=str(output_uri), size=config.size, seed=config.seed, n_cells=len(cells), n_rows=n_rows,
         n_cycles=n_cycles, cycle_life_min=min(lives), cycle_life_max=max(lives),
-        manifest_uri=storage.join(str(output_uri), MANIFEST_NAME), seconds=round(time.perf_counter() - start, 3),
+        manifest_uri=storage.join(str(output_uri), layout.UNIFIED_MANIFEST),
+        seconds=round(time.perf_counter() - start, 3),
     )
-
-
-_DESCRIPTION = """\
-Write the embedded synthetic battery dataset (no download needed) in the unified Parquet layout:
-<output-dir>/<cell_key>.parquet per cell + _manifest.json, exactly like 'msenc ingest' output.
-The cells look like the Severson/BEEP data (multi-step fast-charge policy strings, CC-CV charge to 3.6 V,
-4C discharge to 2.0 V, capacity ~1.1 Ah fading with a knee, cycle life 150-2300, temperature rise, the
-real files' quirks) and carry the Severson signal (log var dQ_100-10(V) vs log cycle life).
-Sizes: tiny (~33k rows, seconds), demo (~250k rows, the README run), bench (~15M rows, benchmarks).
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("generate-data", help="write the embedded synthetic dataset (unified Parquet)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", required=True, metavar="DIR", help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, GenerateDataConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> GenerateDataResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(GenerateDataConfig, args)
-    return run_generate_data(config, args.output_dir, overwrite=args.overwrite)

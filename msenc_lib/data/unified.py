@@ -1,6 +1,6 @@
 """The unified data directory: one ``<cell_key>.parquet`` per cell plus ``_manifest.json``.
 
-Layout (helper_rules "Artifact layouts")::
+Layout (:mod:`msenc_lib.layout`)::
 
     DIR/<cell_key>.parquet     the unified columns in canonical order, extras after; one schema for all files
     DIR/_manifest.json         counts, dtypes, warnings, source (input fingerprints or generator parameters)
@@ -16,29 +16,20 @@ no pandas metadata), so a run on S3 and a local run produce byte-identical files
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import re
-import sys
-import tempfile
-import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from msenc_lib import storage
-from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, INTEGER_COLUMNS, UNIFIED_COLUMNS, canonical_order
+from msenc_lib import layout, storage
+from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, INTEGER_COLUMNS, canonical_order
+from msenc_lib.data.spill import CellSpiller
 from msenc_lib.data.validate import ValidationReport
 from msenc_lib.errors import InputDataError
+from msenc_lib.progress import progress_bar
 
-MANIFEST_NAME = "_manifest.json"
-CSV_DIR = "_csv"
-CSV_NAME = "unified.csv"
-FORMAT_NAME = "msenc-unified"
 FORMAT_VERSION = 1
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
@@ -49,39 +40,36 @@ PARQUET_OPTIONS: dict[str, Any] = {
 }
 DEFAULT_ROW_GROUP = 1 << 20
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@,-]*$")
 
-
-def cell_file_name(cell_key: str) -> str:
-    """``b1c0`` -> ``b1c0.parquet``; unsafe characters (and a leading ``_``/``.``) percent-encoded."""
-    name = cell_key if _SAFE.match(cell_key) else urllib.parse.quote(cell_key, safe="")
-    if name[:1] in ("_", "."):
-        name = "%{:02X}".format(ord(name[0])) + name[1:]
-    return name + ".parquet"
-
-
-def cell_key_from_file(name: str) -> str:
-    return urllib.parse.unquote(storage.basename(name)[: -len(".parquet")])
-
-
-def resolve_type(column: str, types: list[pa.DataType]) -> pa.DataType:
-    """One Arrow type for a column seen with ``types`` in different inputs (ints stay ints if all are)."""
-    if column == ID_COLUMN:
-        return pa.string()
-    if column in FLOAT_COLUMNS:
-        return pa.float64()
-    real = [t for t in types if not pa.types.is_null(t)]
-    if column in INTEGER_COLUMNS:
-        return pa.int64() if all(pa.types.is_integer(t) for t in real) else pa.float64()
+def unify_types(types: list[pa.DataType]) -> pa.DataType | None:
+    """One Arrow type for a column seen with ``types`` in different inputs, or None when they do not mix:
+    nulls defer to the others, integers stay int64 if every input has integers, integers mixed with floats
+    become float64, strings of any width are string, equal types stay."""
+    real = [t.value_type if pa.types.is_dictionary(t) else t for t in types if not pa.types.is_null(t)]
     if not real:
         return pa.null()
     if all(pa.types.is_integer(t) for t in real):
         return pa.int64()
     if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in real):
         return pa.float64()
+    if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in real):
+        return pa.string()
     if all(t == real[0] for t in real):
         return real[0]
-    return pa.string()
+    return None
+
+
+def resolve_type(column: str, types: list[pa.DataType]) -> pa.DataType:
+    """The unified table's type of a column seen with ``types``: the schema's for the unified columns
+    (``cycle_number`` float64 if any input has float cycles), :func:`unify_types` else, text if they do not mix."""
+    if column == ID_COLUMN:
+        return pa.string()
+    if column in FLOAT_COLUMNS:
+        return pa.float64()
+    if column in INTEGER_COLUMNS:
+        real = [t for t in types if not pa.types.is_null(t)]
+        return pa.int64() if all(pa.types.is_integer(t) for t in real) else pa.float64()
+    return unify_types(types) or pa.string()
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -103,20 +91,33 @@ def write_cell_parquet(table: pa.Table, path: str | os.PathLike, row_group_size:
                    **PARQUET_OPTIONS)
 
 
-def progress_bar(iterable, total: int | None, desc: str, enabled: bool = True, unit: str = "cell"):
-    """A tqdm bar on stderr (the stages' progress display)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
-                dynamic_ncols=True, leave=False)
+def write_unified_manifest(folder: str | os.PathLike, manifest: dict[str, Any], cells: list[dict[str, Any]],
+                           schema: pa.Schema, warnings: list[Any], csv: bool = False) -> dict[str, Any]:
+    """``_manifest.json`` of a unified directory: ``manifest`` (created_by, source) with the counts, columns,
+    dtypes, warnings and ``cells`` (``{"cell_key", "file", "rows", ...}`` each). Returns what was written."""
+    out = {
+        "format": layout.UNIFIED_FORMAT,
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "n_cells": len(cells),
+        "n_rows": sum(c["rows"] for c in cells),
+        "columns": schema.names,
+        "dtypes": {f.name: str(f.type) for f in schema},
+        "csv": f"{layout.UNIFIED_CSV_DIR}/{layout.UNIFIED_CSV}" if csv else None,
+        "warnings": [w.model_dump() for w in warnings],
+        "cells": cells,
+    }
+    layout.write_json(Path(folder) / layout.UNIFIED_MANIFEST, out)
+    return out
 
 
 class UnifiedWriter:
     """Collects cells (in pieces, any order) and writes the unified directory into a staging folder.
 
-    Pieces are spilled to Arrow IPC files in a temporary folder, so memory holds one piece at a time
-    while reading and one cell at a time while writing; the dataset-wide schema (e.g. ``cycle_number``
-    float if any input has float cycles) is decided at :meth:`finish`, when all inputs have been seen.
+    Pieces are spilled per cell (:class:`~msenc_lib.data.spill.CellSpiller`), so memory holds one piece at
+    a time while reading and one cell at a time while writing; the dataset-wide schema (e.g.
+    ``cycle_number`` float if any input has float cycles) is decided at :meth:`finish`, when all inputs
+    have been seen.
     """
 
     def __init__(self, staging: str | os.PathLike, row_group_size: int = DEFAULT_ROW_GROUP,
@@ -124,82 +125,36 @@ class UnifiedWriter:
         self.staging = Path(staging)
         self.row_group_size = row_group_size
         self.progress = progress
-        self._tmp = tempfile.TemporaryDirectory(prefix="msenc-spill-")
-        self._log: list[tuple[str, Path, pa.Schema]] = []  # spilled parts, in order
-        self._open: tuple[str, pa.Schema, ipc.RecordBatchFileWriter, Any] | None = None
-        self._n_parts = 0
+        self.spiller = CellSpiller()
 
     # ------------------------------------------------------------------ input side
     def add(self, cell_key: str, piece: pa.Table) -> None:
         """Append rows of one cell (rows keep their order; pieces of a cell are concatenated in order)."""
-        if piece.num_rows == 0:
-            return
-        piece = piece.replace_schema_metadata(None)
-        if self._open is not None and (self._open[0] != cell_key or self._open[1] != piece.schema):
-            self._close_open()
-        if self._open is None:
-            path = Path(self._tmp.name) / f"{self._n_parts:08d}.arrow"
-            self._n_parts += 1
-            sink = pa.OSFile(str(path), "wb")
-            writer = ipc.new_file(sink, piece.schema)
-            self._open = (cell_key, piece.schema, writer, sink)
-            self._log.append((cell_key, path, piece.schema))
-        self._open[2].write_table(piece)
+        self.spiller.write(cell_key, piece)
 
     def add_rows(self, table: pa.Table) -> None:
-        """Append a batch holding any cells: split into runs of equal ``cell_key`` (order kept)."""
-        n = table.num_rows
-        if n == 0:
-            return
-        import numpy as np
-        import pyarrow.compute as pc
-
-        keys = table.column(ID_COLUMN)
-        change = np.ones(n, dtype=bool)
-        if n > 1:
-            change[1:] = ~np.asarray(pc.equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False),
-                                     dtype=bool)
-        starts = np.flatnonzero(change)
-        ends = np.append(starts[1:], n)
-        names = keys.take(pa.array(starts)).to_pylist()
-        for s, e, k in zip(starts, ends, names):
-            self.add(k, table.slice(int(s), int(e - s)))
-
-    def _close_open(self) -> None:
-        if self._open is not None:
-            self._open[2].close()
-            self._open[3].close()
-            self._open = None
+        """Append a batch holding any cells (each cell's rows keep their order)."""
+        self.spiller.write_rows(table, ID_COLUMN)
 
     def mark(self) -> int:
         """A point to :meth:`rollback` to (e.g. the start of an input file that may have to be re-read)."""
-        self._close_open()
-        return len(self._log)
+        return self.spiller.mark()
 
     def rollback(self, mark: int) -> None:
         """Forget every piece added after :meth:`mark` returned ``mark``."""
-        self._close_open()
-        for _, path, _ in self._log[mark:]:
-            path.unlink(missing_ok=True)
-        del self._log[mark:]
-
-    def _parts(self) -> dict[str, list[Path]]:
-        parts: dict[str, list[Path]] = {}
-        for cell, path, _ in self._log:
-            parts.setdefault(cell, []).append(path)
-        return parts
+        self.spiller.rollback(mark)
 
     @property
     def cells(self) -> list[str]:
-        return list(self._parts())
+        return list(self.spiller.by_cell())
 
     # ------------------------------------------------------------------ output side
     def schema(self) -> pa.Schema:
         """The dataset-wide schema: canonical columns first, one resolved type per column."""
         order: list[str] = []
         types: dict[str, list[pa.DataType]] = {}
-        for _, _, schema in self._log:
-            for f in schema:
+        for part in self.spiller.parts:
+            for f in part.schema:
                 if f.name not in types:
                     order.append(f.name)
                 types.setdefault(f.name, []).append(f.type)
@@ -207,17 +162,18 @@ class UnifiedWriter:
 
     def partial_columns(self) -> list[str]:
         """Columns that some pieces lack (they are filled with nulls there)."""
+        parts = self.spiller.parts
         seen: dict[str, int] = {}
-        for _, _, schema in self._log:
-            for name in schema.names:
+        for part in parts:
+            for name in part.schema.names:
                 seen[name] = seen.get(name, 0) + 1
-        return sorted(c for c, k in seen.items() if k < len(self._log))
+        return sorted(c for c, k in seen.items() if k < len(parts))
 
     def finish(self, manifest: dict[str, Any], report: ValidationReport | None = None,
                write_csv: bool = False) -> dict[str, Any]:
         """Write every cell's Parquet (+ optional CSV) and the manifest; returns the manifest written."""
-        self._close_open()
-        all_parts = self._parts()
+        self.spiller.close()
+        all_parts = self.spiller.by_cell()
         if not all_parts:
             raise InputDataError("no rows to write: the input holds no data rows")
         schema = self.schema()
@@ -226,17 +182,14 @@ class UnifiedWriter:
             report.add("column_filled_null", len(partial),
                        f"column(s) {sorted(partial)} absent from some inputs: filled with nulls there")
         self.staging.mkdir(parents=True, exist_ok=True)
-        csv_path = self.staging / CSV_DIR / CSV_NAME if write_csv else None
-        csv_writer = _CsvWriter(csv_path, schema) if csv_path else None
+        csv_path = self.staging / layout.UNIFIED_CSV_DIR / layout.UNIFIED_CSV if write_csv else None
+        csv_writer = _CsvWriter(csv_path) if csv_path else None
         cells_info = []
         names_seen: dict[str, str] = {}
-        n_rows = 0
         try:
             for cell in progress_bar(all_parts, len(all_parts), "writing cells", self.progress):
-                parts = [ipc.open_file(pa.memory_map(str(p))).read_all() for p in all_parts[cell]]
-                table = conform(parts[0], schema) if len(parts) == 1 else pa.concat_tables(
-                    [conform(p, schema) for p in parts])
-                fname = cell_file_name(cell)
+                table = pa.concat_tables([conform(part.read(), schema) for part in all_parts[cell]])
+                fname = layout.cell_file_name(cell)
                 if fname in names_seen:
                     raise InputDataError(f"cell keys {names_seen[fname]!r} and {cell!r} map to the same file name")
                 names_seen[fname] = cell
@@ -244,31 +197,17 @@ class UnifiedWriter:
                 if csv_writer:
                     csv_writer.write(table)
                 cells_info.append({"cell_key": cell, "file": fname, "rows": table.num_rows})
-                n_rows += table.num_rows
-                del parts, table
-                for p in all_parts[cell]:
-                    p.unlink(missing_ok=True)
+                del table
+                for part in all_parts[cell]:
+                    part.path.unlink(missing_ok=True)
         finally:
             if csv_writer:
                 csv_writer.close()
-        out = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            **manifest,
-            "n_cells": len(cells_info),
-            "n_rows": n_rows,
-            "columns": schema.names,
-            "dtypes": {f.name: str(f.type) for f in schema},
-            "csv": f"{CSV_DIR}/{CSV_NAME}" if write_csv else None,
-            "warnings": [w.model_dump() for w in report.warnings] if report else [],
-            "cells": cells_info,
-        }
-        (self.staging / MANIFEST_NAME).write_text(json.dumps(out, indent=1, sort_keys=False) + "\n")
-        return out
+        return write_unified_manifest(self.staging, manifest, cells_info, schema,
+                                      report.warnings if report else [], csv=write_csv)
 
     def close(self) -> None:
-        self._close_open()
-        self._tmp.cleanup()
+        self.spiller.cleanup()
 
     def __enter__(self) -> "UnifiedWriter":
         return self
@@ -280,7 +219,7 @@ class UnifiedWriter:
 class _CsvWriter:
     """The beep-data-utils unified CSV: pandas ``to_csv`` formatting (ints as ints, floats as repr, nulls empty)."""
 
-    def __init__(self, path: Path, schema: pa.Schema):
+    def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.fh = open(path, "w", newline="", encoding="utf-8")
@@ -300,49 +239,19 @@ class _CsvWriter:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_manifest(uri: str) -> dict[str, Any] | None:
-    path = storage.join(uri, MANIFEST_NAME)
-    try:
-        return json.loads(storage.read_text(path))
-    except FileNotFoundError:
-        return None
-
-
-def unified_files(uri: str) -> list[str]:
-    """The cell Parquet files of a unified directory (or ``[uri]`` for one file), sorted."""
-    uri = str(uri)
-    files = storage.list_files(uri, suffix=".parquet")
-    if len(files) == 1 and files[0] == uri:
-        return files
-    base = uri.rstrip("/") + "/"
-    out = []
-    for f in files:
-        rel = f[len(base):] if f.startswith(base) else storage.basename(f)
-        if any(part[:1] in ("_", ".") for part in rel.split("/")):
-            continue
-        out.append(f)
-    return out
-
-
-def _read_parquet(uri: str, columns: list[str] | None) -> pa.Table:
-    if storage.is_s3(uri):
-        return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
-    return pq.read_table(uri, columns=columns)
-
-
 def iter_unified_cells(uri: str, columns: list[str] | None = None,
                        cells: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
     """``(cell_key, table)`` for each cell file of a unified directory, in file-name order."""
-    files = unified_files(uri)
+    files = layout.unified_files(uri)
     if not files:
         raise InputDataError(f"{uri}: no unified Parquet files found")
     wanted = set(cells) if cells is not None else None
     for f in files:
-        key = cell_key_from_file(f)
+        key = layout.cell_key_from_file(f)
         if wanted is not None and key not in wanted:
             continue
         cols = None if columns is None else list(dict.fromkeys([ID_COLUMN, *columns]))
-        table = _read_parquet(f, cols)
+        table = storage.read_parquet(f, cols)
         if table.num_rows and ID_COLUMN in table.column_names:
             key = table.column(ID_COLUMN)[0].as_py()
         if columns is not None:
@@ -350,21 +259,11 @@ def iter_unified_cells(uri: str, columns: list[str] | None = None,
         yield key, table
 
 
-def read_unified_table(uri: str, columns: list[str] | None = None, cells: list[str] | None = None) -> pa.Table:
-    """All (or some) cells of a unified directory (or one Parquet file) as one Arrow table."""
+def read_unified(uri: str, columns: list[str] | None = None, cells: list[str] | None = None):
+    """All (or some) cells of a unified directory (or one Parquet file) as a pandas DataFrame (int columns
+    without nulls stay int64)."""
     tables = [t for _, t in iter_unified_cells(uri, columns, cells)]
     if not tables:
         raise InputDataError(f"{uri}: none of the requested cells {cells} found")
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-
-
-def read_unified(uri: str, columns: list[str] | None = None, cells: list[str] | None = None):
-    """A unified directory as a pandas DataFrame (int columns without nulls stay int64)."""
-    return read_unified_table(uri, columns, cells).to_pandas()
-
-
-__all__ = [
-    "UnifiedWriter", "read_unified", "read_unified_table", "iter_unified_cells", "read_manifest",
-    "unified_files", "cell_file_name", "cell_key_from_file", "write_cell_parquet", "resolve_type", "conform",
-    "MANIFEST_NAME", "CSV_DIR", "CSV_NAME", "UNIFIED_COLUMNS",
-]
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return table.to_pandas()

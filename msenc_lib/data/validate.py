@@ -19,7 +19,7 @@ extra columns (kept after the canonical ones), numbers stored as text.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,13 +87,6 @@ class ValidationReport(BaseModel):
         self.n_rows += other.n_rows
         for w in other.warnings:
             self.add(w.kind, w.count, w.message)
-
-
-def merge_warnings(reports: Iterable[ValidationReport], source: str = "dataset") -> ValidationReport:
-    total = ValidationReport(source=source)
-    for r in reports:
-        total.merge(r)
-    return total
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -308,46 +301,4 @@ class UnifiedValidator:
             self._last_time[(k, cyc[e])] = time[e]
 
 
-def to_arrow(df: Any) -> pa.Table:
-    """A pyarrow Table from a pandas DataFrame (no index) or a Table.
-
-    Float NaN stays NaN (not null), so NaN and empty values are told apart; an object column with mixed
-    content becomes text, so that validation can quote the value that is not a number.
-    """
-    if isinstance(df, pa.Table):
-        return df
-    if isinstance(df, pa.RecordBatch):
-        return pa.Table.from_batches([df])
-    arrays = {}
-    for name in df.columns:
-        series = df[name]
-        if series.dtype.kind == "f":
-            arrays[str(name)] = pa.array(series.to_numpy(), from_pandas=False)
-            continue
-        try:
-            arrays[str(name)] = pa.Array.from_pandas(series)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-            arrays[str(name)] = pa.array([None if v is None or (isinstance(v, float) and v != v) else str(v)
-                                          for v in series.tolist()], pa.string())
-    return pa.table(arrays)
-
-
-def normalize_unified(df: Any, source: str, allow_nan: bool = False,
-                      row_meaning: str = ROW_MEANING) -> tuple[pa.Table, ValidationReport]:
-    """Validate a whole table at once; return it normalised (canonical order, typed) with the report."""
-    v = UnifiedValidator(source, allow_nan=allow_nan, row_meaning=row_meaning)
-    table = to_arrow(df)
-    v.check_columns(table.column_names)
-    out = v.validate_batch(table, 0)
-    return out, v.report
-
-
-def validate_unified(df: Any, source: str, allow_nan: bool = False) -> ValidationReport:
-    """Validate a unified table (pandas DataFrame or pyarrow Table) from ``source``; raise or report."""
-    return normalize_unified(df, source, allow_nan=allow_nan)[1]
-
-
-__all__ = [
-    "ValidationWarning", "ValidationReport", "UnifiedValidator", "validate_unified", "normalize_unified",
-    "merge_warnings", "to_arrow",
-]
+__all__ = ["ValidationWarning", "ValidationReport", "UnifiedValidator"]

@@ -6,19 +6,18 @@ hyper-parameters chosen by cross-validation on the train cells. Cycle level: cap
 the embedding of a cycle vs a persistence baseline and the random control. Output: ``metrics.json``,
 prediction tables, PNG plots and one self-contained ``report.html``.
 
-Heavy imports (scikit-learn, matplotlib) happen inside the functions, so importing this package is cheap.
+The config is :mod:`.config`; the stage function (:mod:`.stage`, which needs pandas and scikit-learn) is
+imported on first use, so that importing the package for its config stays cheap.
 """
 
-from msenc_lib.evaluate.cli import register
 from msenc_lib.evaluate.config import EvaluateConfig, EvaluateResult
 
-
-def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, split_config_uri: str,
-                 output_uri: str, overwrite: bool = False) -> EvaluateResult:
-    """See :func:`msenc_lib.evaluate.stage.run_evaluate`."""
-    from msenc_lib.evaluate.stage import run_evaluate as _run
-
-    return _run(config, embeddings_uri, unified_uri, split_config_uri, output_uri, overwrite=overwrite)
+__all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate"]
 
 
-__all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate", "register"]
+def __getattr__(name: str):
+    if name == "run_evaluate":
+        from msenc_lib.evaluate.stage import run_evaluate
+
+        return run_evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

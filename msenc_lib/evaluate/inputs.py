@@ -5,8 +5,6 @@ Every problem is an :class:`InputDataError` naming the file, cell/cycle and fiel
 
 from __future__ import annotations
 
-import io
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -14,14 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
 from msenc_lib.data.schema import IR_COLUMN
 from msenc_lib.errors import ConfigError, InputDataError
+from msenc_lib.progress import progress_bar
 
-SPLIT_FILE = "split_cfg.json"
-EMBEDDINGS_FILE = "embeddings.parquet"
-VAL_PREFIX = "val_"
-_VAL_RX = re.compile(r"^val_(\d+)$")
+_VAL_RX = re.compile(rf"^{layout.VALUE_PREFIX}(\d+)$")
 # Unified columns the Severson features read (msenc_lib.data.features); IR is optional.
 SEVERSON_COLUMNS = ["cell_key", "cycle_number", "time", "current", "voltage", "discharge_capacity", "temperature"]
 
@@ -44,25 +40,17 @@ class Split:
 
 def read_split(uri: str) -> Split:
     """A ``split_cfg.json`` file, or a split directory holding one (parsed as ``msenc split`` does)."""
-    from msenc_lib.split import SUBSETS, parse_split_config
-
-    uri = str(uri)
-    path = uri if uri.endswith(".json") or not storage.is_dir(uri) else storage.join(uri, SPLIT_FILE)
+    path = layout.split_config_path(str(uri))
     try:
-        doc = json.loads(storage.read_text(path))
-    except FileNotFoundError:
-        raise InputDataError(f"split config not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise InputDataError(f"split config {path}: not valid JSON: {e}") from None
-    try:
-        parsed = parse_split_config(doc, f"split config {path}")
+        doc = layout.read_split_document(path)
+        parsed = layout.parse_split_config(doc, f"split config {path}")
     except ConfigError as e:
         raise InputDataError(str(e)) from None
     if "train" not in doc:
         raise InputDataError(f"split config {path}: no 'train' subset (keys: {sorted(doc)})")
     if not parsed["train"]:
         raise InputDataError(f"split config {path}: the 'train' subset is empty")
-    order = [k for k in SUBSETS if k in doc] + [k for k in doc if k not in SUBSETS]
+    order = [k for k in layout.SUBSETS if k in doc] + [k for k in doc if k not in layout.SUBSETS]
     return Split(subsets={name: parsed[name] for name in order}, source=path)
 
 
@@ -80,12 +68,8 @@ class Embeddings:
 
 
 def _read_parquet_uri(uri: str) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
     try:
-        if storage.is_s3(uri):
-            return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pandas()
-        return pq.read_table(uri).to_pandas()
+        return storage.read_parquet(uri).to_pandas()
     except FileNotFoundError:
         raise InputDataError(f"embeddings file not found: {uri}") from None
     except Exception as e:  # pyarrow raises several types for corrupt files
@@ -99,13 +83,13 @@ def embedding_files(uri: str) -> list[str]:
     uri = str(uri)
     if uri.endswith(".parquet") and storage.exists(uri) and not storage.is_dir(uri):
         return [uri]
-    main = storage.join(uri, EMBEDDINGS_FILE)
+    main = storage.join(uri, layout.EMBEDDINGS_FILE)
     if storage.exists(main):
         return [main]
     files = [f for f in storage.list_files(uri, suffix=".parquet")
              if not storage.basename(f).startswith("_")]
     if not files:
-        raise InputDataError(f"no embeddings found at {uri} (expected {EMBEDDINGS_FILE})")
+        raise InputDataError(f"no embeddings found at {uri} (expected {layout.EMBEDDINGS_FILE})")
     return files
 
 
@@ -171,14 +155,6 @@ class UnifiedSummary:
     has_ir: bool = False
 
 
-def _open_parquet(uri: str):
-    import pyarrow.parquet as pq
-
-    if storage.is_s3(uri):
-        return pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
-    return pq.ParquetFile(uri)
-
-
 def read_unified_summary(
     uri: str,
     cells: list[str],
@@ -193,27 +169,22 @@ def read_unified_summary(
     ``cells``: the cells to read; cells absent from the data are an error naming them. A needed column
     absent from a cell file is an error naming the file and the column.
     """
-    import sys
-
     import pyarrow.compute as pc
-    from tqdm.auto import tqdm
 
-    from msenc_lib.data.unified import cell_key_from_file, unified_files
-
-    files = unified_files(uri)
+    files = layout.unified_files(uri)
     if not files:
         raise InputDataError(f"unified data {uri}: no cell Parquet files found")
     wanted = set(cells)
     by_cell: dict[str, str] = {}
     parquet_files = {}
     for f in files:  # the file name is the cell key (percent-encoded when unsafe)
-        by_cell[cell_key_from_file(f)] = f
+        by_cell[layout.cell_key_from_file(f)] = f
     missing = sorted(wanted - set(by_cell))
     if missing:
         # File names may not be the keys (e.g. one file of many cells): read every file's cell_key column.
         by_cell = {}
         for f in files:
-            pf = _open_parquet(f)
+            pf = storage.parquet_file(f)
             parquet_files[f] = pf
             if "cell_key" not in pf.schema_arrow.names:
                 raise InputDataError(f"unified file {f}: no 'cell_key' column")
@@ -236,10 +207,9 @@ def read_unified_summary(
     per_cycle: list[pd.DataFrame] = []
     early: list[pd.DataFrame] = []
     has_ir_all = severson_last_cycle is not None
-    for cell in tqdm(sorted(wanted), desc="reading unified data", unit="cell", file=sys.stderr,
-                     disable=not progress, leave=False):
+    for cell in progress_bar(sorted(wanted), len(wanted), "reading unified data", progress):
         f = by_cell[cell]
-        pf = parquet_files.get(f) or _open_parquet(f)
+        pf = parquet_files.get(f) or storage.parquet_file(f)
         names = pf.schema_arrow.names
         for col in dict.fromkeys(needed + sev_cols):
             if col not in names:

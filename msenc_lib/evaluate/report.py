@@ -1,9 +1,9 @@
-"""PNG plots (matplotlib, Agg) and the self-contained ``report.html`` (PNGs inlined, no external CSS/JS)."""
+"""PNG plots (matplotlib, Agg) and the self-contained ``report.html`` (PNGs inlined, no external CSS/JS), rendered
+from ``templates/report.html.j2`` with autoescaping."""
 
 from __future__ import annotations
 
 import base64
-import html
 import math
 from pathlib import Path
 from typing import Any
@@ -316,33 +316,50 @@ def _make_plots(out_dir: Path, doc: dict, predictions: dict, emb, unified, cfg) 
 
 
 # ------------------------------------------------------------------------------------------------- HTML
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;
-line-height:1.45;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-h3{margin-top:1.4em}.muted{color:#666;font-size:.9em}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:.88em}
-th,td{border:1px solid #d4d4d4;padding:.25em .55em;text-align:right}th{background:#f3f3f3}
-td.l,th.l{text-align:left}td.best{background:#d8f3d0;font-weight:bold}tr.baseline td{background:#f7f7fb}
-.key{background:#f6f8fa;border-left:4px solid #4a7;padding:.6em 1em;margin:1em 0}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
-code{background:#f3f3f3;padding:0 .25em}
-"""
+def _best(doc: dict, name: str) -> tuple[str, dict, str, str, dict] | None:
+    """(held-out subset in focus, task, feature set, model, metrics) of a task's best result, if any."""
+    task = doc["tasks"].get(name)
+    if not task:
+        return None
+    focus = "test" if "test" in task["n_cells"] else next((s for s in task["n_cells"] if s != "train"), "train")
+    if f"{name}/{focus}" not in doc["best"]:
+        return focus, task, "", "", {}
+    fs, model = doc["best"][f"{name}/{focus}"].split("/")
+    return focus, task, fs, model, _result(task, fs, model)["subsets"][focus]
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x))
+def _key_findings(doc: dict) -> list[dict[str, Any]]:
+    """The findings the report opens with, as data (the template words them)."""
+    items: list[dict[str, Any]] = []
+    life = _best(doc, "cycle_life")
+    if life:
+        focus, task, fs, model, m = life
+        if fs:
+            items.append({"kind": "life_best", "subset": focus, "feature_set": fs,
+                          "model": MODEL_TEXT.get(model, model), "rmse": _fmt(m["rmse"], 0),
+                          "mape": _fmt(m["mape"], 1), "r2": _fmt(m["r2"], 2)})
+        for fs in ("embedding", "random"):
+            cands = [r for r in task["results"] if r["feature_set"] == fs and focus in r["subsets"]]
+            if cands:
+                r = min(cands, key=lambda r: r["subsets"][focus]["rmse"])
+                m = r["subsets"][focus]
+                what = "The encoder's embeddings reach" if fs == "embedding" else "The random-feature control reaches"
+                items.append({"kind": "life_set", "what": what, "rmse": _fmt(m["rmse"], 0), "r2": _fmt(m["r2"], 2),
+                              "model": MODEL_TEXT.get(r["model"])})
+    cap = _best(doc, "capacity")
+    if cap and cap[2]:
+        focus, task, fs, model, m = cap
+        pers = _result(task, "persistence", "none")
+        pm = pers["subsets"].get(focus) if pers else None
+        items.append({"kind": "capacity_best", "horizon": task["horizon"], "subset": focus, "feature_set": fs,
+                      "model": None if model == "none" else MODEL_TEXT.get(model, model),
+                      "rmse": _fmt(m["rmse"], 4), "unit": task["unit"],
+                      "persistence": _fmt(pm["rmse"], 4) if pm and fs != "persistence" else None})
+    return items
 
 
-def _img(out_dir: Path, plots: dict[str, str], name: str, caption: str) -> str:
-    if name not in plots:
-        return ""
-    data = base64.b64encode((Path(out_dir) / plots[name]).read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption}</figcaption></figure>")
-
-
-def _comparison_table(task: dict, digits: int, unit: str) -> str:
+def _comparison_table(task: dict, digits: int) -> dict[str, Any]:
+    """Every (feature set, model) row with its metrics per subset; the lowest held-out RMSE marked."""
     results = task["results"]
     subsets = _subset_order(list(dict.fromkeys(s for r in results for s in r["subsets"])))
     best: dict[str, int] = {}
@@ -352,207 +369,53 @@ def _comparison_table(task: dict, digits: int, unit: str) -> str:
         cands = [(r["subsets"][s]["rmse"], i) for i, r in enumerate(results) if s in r["subsets"]]
         if cands:
             best[s] = min(cands)[1]
-    head1 = '<tr><th class="l" rowspan="2">feature set</th><th class="l" rowspan="2">model</th>' \
-            '<th rowspan="2">features</th><th rowspan="2">CV RMSE<br>(train)</th>'
-    head2 = "<tr>"
+    heads = []
     for s in subsets:
-        n = task["n_cells"].get(s, 0)
-        rows = task["n_rows"].get(s, 0)
-        size = f"{n} cells" + (f", {rows} rows" if rows != n else "")
-        head1 += f'<th colspan="4">{_e(s)} ({size})</th>'
-        head2 += f"<th>RMSE ({_e(unit)})</th><th>MAE ({_e(unit)})</th><th>MAPE %</th><th>R²</th>"
-    out = [f"<table>{head1}</tr>{head2}</tr>"]
+        n, rows = task["n_cells"].get(s, 0), task["n_rows"].get(s, 0)
+        heads.append({"name": s, "size": f"{n} cells" + (f", {rows} rows" if rows != n else "")})
     cv_digits = 3 if task.get("fit_space") == "log10" else digits
+    rows = []
     for i, r in enumerate(results):
-        cls = ' class="baseline"' if r["model"] == "none" else ""
-        model = MODEL_TEXT.get(r["model"], r["model"])
-        cells = [f'<td class="l">{_e(r["feature_set"])}</td>', f'<td class="l">{_e(model)}</td>',
-                 f"<td>{r['n_features'] or '–'}</td>", f"<td>{_fmt(r['cv_rmse'], cv_digits)}</td>"]
+        cells = []
         for s in subsets:
             m = r["subsets"].get(s)
-            b = ' class="best"' if best.get(s) == i else ""
-            if m is None:
-                cells += ["<td>–</td>"] * 4
-            else:
-                cells += [f"<td{b}>{_fmt(m['rmse'], digits)}</td>", f"<td{b}>{_fmt(m['mae'], digits)}</td>",
-                          f"<td{b}>{_fmt(m['mape'], 1)}</td>", f"<td{b}>{_fmt(m['r2'], 3)}</td>"]
-        out.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+            cells.append(None if m is None else {
+                "best": best.get(s) == i,
+                "metrics": [_fmt(m["rmse"], digits), _fmt(m["mae"], digits), _fmt(m["mape"], 1), _fmt(m["r2"], 3)]})
+        rows.append({"baseline": r["model"] == "none", "feature_set": r["feature_set"],
+                     "model": MODEL_TEXT.get(r["model"], r["model"]), "n_features": r["n_features"] or "–",
+                     "cv_rmse": _fmt(r["cv_rmse"], cv_digits), "cells": cells})
+    return {"subsets": heads, "rows": rows}
 
 
-def _hyper_table(task: dict) -> str:
-    rows = ["<table><tr><th class='l'>feature set</th><th class='l'>model</th><th class='l'>chosen by CV on train"
-            "</th></tr>"]
-    for r in task["results"]:
-        if r["model"] == "none":
-            continue
-        hp = ", ".join(f"{k}={v}" for k, v in r["hyperparameters"].items())
-        rows.append(f"<tr><td class='l'>{_e(r['feature_set'])}</td><td class='l'>{_e(MODEL_TEXT.get(r['model']))}</td>"
-                    f"<td class='l'>{_e(hp)}</td></tr>")
-    rows.append("</table>")
-    return "\n".join(rows)
-
-
-def _excluded_table(task: dict) -> str:
-    if not task["excluded"]:
-        return "<p>No cell was excluded.</p>"
-    rows = ["<table><tr><th class='l'>cell</th><th class='l'>subset</th><th class='l'>why excluded</th></tr>"]
-    for x in task["excluded"]:
-        rows.append(f"<tr><td class='l'>{_e(x['cell_key'])}</td><td class='l'>{_e(x['subset'])}</td>"
-                    f"<td class='l'>{_e(x['reason'])}</td></tr>")
-    rows.append("</table>")
-    return "\n".join(rows)
-
-
-def _key_findings(doc: dict) -> str:
-    items = []
-    life = doc["tasks"].get("cycle_life")
-    if life:
-        focus = "test" if "test" in life["n_cells"] else next((s for s in life["n_cells"] if s != "train"), "train")
-        key = f"cycle_life/{focus}"
-        if key in doc["best"]:
-            fs, model = doc["best"][key].split("/")
-            r = _result(life, fs, model)
-            m = r["subsets"][focus]
-            items.append(f"Cycle life, {focus} cells: the best predictor is <b>{_e(fs)}</b> with "
-                         f"{_e(MODEL_TEXT.get(model, model))}: RMSE {_fmt(m['rmse'], 0)} cycles, MAPE "
-                         f"{_fmt(m['mape'], 1)} %, R² {_fmt(m['r2'], 2)}.")
-        for fs in ("embedding", "random"):
-            cands = [r for r in life["results"] if r["feature_set"] == fs and focus in r["subsets"]]
-            if cands:
-                r = min(cands, key=lambda r: r["subsets"][focus]["rmse"])
-                m = r["subsets"][focus]
-                what = "The encoder's embeddings reach" if fs == "embedding" else "The random-feature control reaches"
-                items.append(f"{what} RMSE {_fmt(m['rmse'], 0)} cycles, R² {_fmt(m['r2'], 2)} "
-                             f"({_e(MODEL_TEXT.get(r['model']))}).")
-    cap = doc["tasks"].get("capacity")
-    if cap:
-        focus = "test" if "test" in cap["n_cells"] else next((s for s in cap["n_cells"] if s != "train"), "train")
-        key = f"capacity/{focus}"
-        if key in doc["best"]:
-            fs, model = doc["best"][key].split("/")
-            m = _result(cap, fs, model)["subsets"][focus]
-            pers = _result(cap, "persistence", "none")
-            pm = pers["subsets"].get(focus) if pers else None
-            text = (f"Capacity {cap['horizon']} cycles ahead, {focus} rows: best is <b>{_e(fs)}</b>"
-                    f"{'' if model == 'none' else ' with ' + _e(MODEL_TEXT.get(model, model))}: RMSE "
-                    f"{_fmt(m['rmse'], 4)} {_e(cap['unit'])}")
-            if pm and fs != "persistence":
-                text += f" (persistence baseline: {_fmt(pm['rmse'], 4)} {_e(cap['unit'])})"
-            items.append(text + ".")
-    if not items:
-        return ""
-    return "<div class='key'><b>Key findings</b><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"
-
-
-def _dataset_section(doc: dict) -> str:
-    ds = doc["dataset"]
-    emb = ds["embeddings"]
-    split_cells = ds["split"]["cells"]
+def _subset_rows(doc: dict) -> list[dict[str, Any]]:
     life = doc["tasks"].get("cycle_life", {})
     cap = doc["tasks"].get("capacity", {})
-    rows = ["<table><tr><th class='l'>subset</th><th>cells in split</th><th>usable for cycle life</th>"
-            "<th>cycle life min / median / max</th><th>usable for capacity</th><th>capacity rows</th></tr>"]
-    for s, n in split_cells.items():
+    rows = []
+    for s, n in doc["dataset"]["split"]["cells"].items():
         stats = life.get("target_stats", {}).get(s)
-        st = f"{_fmt(stats['min'], 0)} / {_fmt(stats['median'], 0)} / {_fmt(stats['max'], 0)}" if stats else "–"
-        rows.append(f"<tr><td class='l'>{_e(s)}</td><td>{n}</td><td>{life.get('n_cells', {}).get(s, '–')}</td>"
-                    f"<td>{st}</td><td>{cap.get('n_cells', {}).get(s, '–')}</td>"
-                    f"<td>{cap.get('n_rows', {}).get(s, '–')}</td></tr>")
-    rows.append("</table>")
-    skipped = {**life.get("skipped_subsets", {}), **cap.get("skipped_subsets", {})}
-    note = ""
-    if skipped:
-        note = "<p>Subsets not evaluated: " + ", ".join(f"{_e(k)} ({_e(v)})" for k, v in skipped.items()) + ".</p>"
-    return (
-        f"<p>Embeddings: <code>{_e(emb['source'])}</code>: {emb['rows']:,} cell-cycles of {emb['cells']} cells, "
-        f"{emb['dim']} dimensions, cycles {emb['cycles'][0]}–{emb['cycles'][1]}"
-        + (f"; {emb['dropped_empty_rows']} rows without values ignored" if emb["dropped_empty_rows"] else "")
-        + (f"; {emb['cells_not_in_split']} more cells are in no subset of the split and were not used"
-           if emb.get("cells_not_in_split") else "")
-        + f".<br>Unified data: <code>{_e(ds['unified']['source'])}</code> ({ds['unified']['cells_read']} cells read; "
-        f"internal resistance {'present' if ds['unified']['internal_resistance'] else 'absent'}).<br>"
-        f"Split: <code>{_e(ds['split']['source'])}</code>. Models are fitted on <b>train</b> only; every other "
-        f"subset is held out.</p>" + "\n".join(rows) + note
-    )
+        rows.append({"subset": s, "cells": n, "life_cells": life.get("n_cells", {}).get(s, "–"),
+                     "life_stats": " / ".join(_fmt(stats[k], 0) for k in ("min", "median", "max")) if stats else "–",
+                     "capacity_cells": cap.get("n_cells", {}).get(s, "–"),
+                     "capacity_rows": cap.get("n_rows", {}).get(s, "–")})
+    return rows
 
 
 def render_html(doc: dict, plots: dict[str, str], out_dir: Path) -> str:
+    """The report page (templates/report.html.j2, autoescaped) with the plots inlined."""
     import datetime
 
-    cfg = doc["config"]
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>msenc evaluation report</title><style>{CSS}</style></head><body>",
-        "<h1>Battery-encoder evaluation</h1>",
-        f"<p class='muted'>msenc {_e(__version__)} · generated "
-        f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · all numbers also in "
-        "<code>metrics.json</code></p>",
-        "<p>Does the encoder's representation of early cycles predict how long a cell will live, and its capacity a "
-        "few cycles ahead, better than the hand-made features of Severson et al. (Nature Energy 2019)? Every "
-        "feature set below is fitted on the same training cells and scored on the same held-out cells.</p>",
-        _key_findings(doc),
-        "<h2>Dataset</h2>", _dataset_section(doc),
-        _img(out_dir, plots, "capacity_fade",
-             "Discharge capacity of every cell by cycle (maximum within each cycle), coloured by the cell's cycle "
-             "life. Short-lived cells fade earlier and faster; the dotted line marks the last cycle the "
-             "cycle-life features may use."),
-    ]
-    life = doc["tasks"].get("cycle_life")
-    if life:
-        agg = life["embedding_aggregation"]
-        parts += [
-            "<h2>Cycle life from the first cycles (battery level)</h2>",
-            f"<p>Target: cycle life (cycles until the capacity falls below 80 % of nominal), fitted as log10 and "
-            f"reported in cycles, one row per cell. Features use cycles {life['min_cycle']}–{life['first_cycles']} "
-            f"only. The embedding of a cell = its per-cycle embeddings aggregated as "
-            f"<b>{_e(', '.join(agg['methods']))}</b> (window {agg['window']} cycles; <i>delta</i> = mean of the "
-            f"last {agg['window']} cycles minus mean of the first {agg['window']}, the change over early life, in "
-            f"the spirit of Severson's ΔQ<sub>{life['first_cycles']}-10</sub>). Hyper-parameters are chosen by "
-            f"{cfg['cv_folds']}-fold cross-validation on the train cells (CV RMSE in log10 cycles). "
-            "<b>Green</b> = lowest RMSE in that held-out subset (train scores are in-sample).</p>",
-            _comparison_table(life, 0, "cycles"),
-            _img(out_dir, plots, "cycle_life_rmse", "RMSE in cycles per feature set and model, held-out subsets."),
-            _img(out_dir, plots, "cycle_life_predictions",
-                 "Predicted vs observed cycle life, one panel per feature set (columns) and model (rows); test cells "
-                 "in red, validation in blue, train in grey. Points on the dashed line are perfect predictions."),
-            _img(out_dir, plots, "embedding_pca",
-                 "The cells' mean embeddings projected on their first two principal components, coloured by cycle "
-                 "life. A colour gradient across the cloud means the embedding separates long- from short-lived "
-                 "cells without being told."),
-            "<h3>Chosen hyper-parameters</h3>", _hyper_table(life),
-            "<h3>Excluded cells</h3>", _excluded_table(life),
-        ]
-    cap = doc["tasks"].get("capacity")
-    if cap:
-        parts += [
-            f"<h2>Capacity {cap['horizon']} cycles ahead (cycle level)</h2>",
-            f"<p>Target: max <code>{_e(cap['capacity_column'])}</code> of cycle c+{cap['horizon']}, from the "
-            f"embedding of cycle c (every cycle c ≥ {cap['min_cycle']} whose future cycle is recorded"
-            + (f", every {cap['stride']}th" if cap["stride"] > 1 else "")
-            + "). The <i>persistence</i> baseline predicts today's capacity; a model must beat it to be useful. "
-            "Cross-validation folds keep all cycles of a cell together. <b>Green</b> = lowest RMSE in that "
-            "held-out subset.</p>",
-            _comparison_table(cap, 4, cap["unit"]),
-            _img(out_dir, plots, "capacity_rmse", "RMSE per feature set and model, held-out subsets."),
-            _img(out_dir, plots, "capacity_predictions",
-                 "Predicted vs observed future capacity (per feature set, the model with the best cross-validated "
-                 "RMSE)."),
-            "<h3>Chosen hyper-parameters</h3>", _hyper_table(cap),
-            "<h3>Excluded cells</h3>", _excluded_table(cap),
-        ]
-    parts += ["<h2>How to read this</h2><ul>",
-              "<li><b>RMSE</b> root-mean-square error and <b>MAE</b> mean absolute error, in the target's unit; "
-              "<b>MAPE</b> mean absolute percentage error; <b>R²</b> 1 = perfect, 0 = no better than predicting "
-              "the subset's mean, negative = worse.</li>"]
-    for fs, text in FEATURE_SET_TEXT.items():
-        parts.append(f"<li><b>{_e(fs)}</b>: {_e(text)}</li>")
-    parts.append("<li><b>elastic net</b>: linear model on standardised features with an L1+L2 penalty "
-                 "(Severson's choice); <b>random forest</b>: averaged regression trees.</li></ul>")
-    parts.append("<p class='muted'>For orientation only: Severson et al. report test RMSE (cycles, primary / "
-                 "secondary test) of " + ", ".join(f"{k} {a} / {b}" for k, (a, b) in SEVERSON_PUBLISHED.items())
-                 + " on their real 124-cell dataset; synthetic or other data are not comparable.</p>")
-    parts.append("</body></html>")
-    return "\n".join(p for p in parts if p)
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("msenc_lib.evaluate", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    life, cap = doc["tasks"].get("cycle_life"), doc["tasks"].get("capacity")
+    images = {name: base64.b64encode((Path(out_dir) / file).read_bytes()).decode("ascii")
+              for name, file in plots.items()}
+    return env.get_template("report.html.j2").render(
+        version=__version__, generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        cfg=doc["config"], dataset=doc["dataset"], findings=_key_findings(doc), subset_rows=_subset_rows(doc),
+        skipped={**(life or {}).get("skipped_subsets", {}), **(cap or {}).get("skipped_subsets", {})},
+        images=images, life=life, cap=cap, life_table=life and _comparison_table(life, 0),
+        cap_table=cap and _comparison_table(cap, 4), model_text=MODEL_TEXT, feature_set_text=FEATURE_SET_TEXT,
+        severson=SEVERSON_PUBLISHED)

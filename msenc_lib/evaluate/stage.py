@@ -5,23 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
 from msenc_lib.errors import InputDataError, StorageError
 from msenc_lib.evaluate.config import SEVERSON_SETS, EvaluateConfig, EvaluateResult
 from msenc_lib.evaluate.inputs import Embeddings, Split, read_embeddings, read_split, read_unified_summary
 from msenc_lib.evaluate.tasks import TaskData, build_capacity, build_cycle_life, random_like
+from msenc_lib.progress import progress_bar
 
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.html"
-CONFIG_FILE = "evaluate_config.yaml"
-FORMAT_NAME = "msenc-evaluation"
 FORMAT_VERSION = 1
 HEADLINE_METRICS = ("rmse", "mae", "mape", "r2")
 TRAIN = "train"
@@ -52,8 +48,6 @@ def _subset_metrics(task: TaskData, pred: pd.Series) -> dict[str, dict[str, Any]
 
 def evaluate_task(task: TaskData, cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Fit every (feature set, model) on the train rows; metrics per subset; predictions (wide table)."""
-    from tqdm.auto import tqdm
-
     from msenc_lib.evaluate.regressors import check_cv_cells, fit_regressor
 
     train = (task.subset == TRAIN).to_numpy()
@@ -67,8 +61,7 @@ def evaluate_task(task: TaskData, cfg: EvaluateConfig) -> tuple[list[dict[str, A
         results.append({"feature_set": name, "model": BASELINE_MODEL, "n_features": 0, "hyperparameters": {},
                         "cv_rmse": None, "subsets": _subset_metrics(task, pred)})
     jobs = [(fs, m) for fs in task.features for m in cfg.models]
-    bar = tqdm(jobs, desc=f"{task.task}: fitting", unit="model", file=sys.stderr, disable=not cfg.progress,
-               leave=False)
+    bar = progress_bar(jobs, len(jobs), f"{task.task}: fitting", cfg.progress, unit="model")
     for fs, model in bar:
         bar.set_postfix_str(f"{fs}/{model}")
         X = task.features[fs].to_numpy(dtype=np.float64)
@@ -209,7 +202,7 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
                   "subset_cells": split.subsets},
     }
     doc = _clean({
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "format": layout.EVALUATION_FORMAT, "format_version": FORMAT_VERSION,
         "inputs": {"embeddings": str(embeddings_uri), "unified": str(unified_uri),
                    "split_config": str(split_config_uri)},
         "config": json.loads(cfg.model_dump_json()),
@@ -217,18 +210,18 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     })
 
     with storage.publish(output_uri, overwrite=overwrite) as staging:
-        (staging / METRICS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
-        cfg.save(str(staging / CONFIG_FILE))
+        layout.write_json(staging / layout.METRICS_FILE, doc)
+        cfg.save(str(staging / layout.EVALUATE_CONFIG))
         if "cycle_life" in predictions:
-            predictions["cycle_life"].to_csv(staging / "predictions_cycle_life.csv", index_label="cell_key")
+            predictions["cycle_life"].to_csv(staging / layout.PREDICTIONS_CYCLE_LIFE, index_label="cell_key")
         if "capacity" in predictions:
-            predictions["capacity"].reset_index().to_parquet(staging / "predictions_capacity.parquet", index=False)
+            predictions["capacity"].reset_index().to_parquet(staging / layout.PREDICTIONS_CAPACITY, index=False)
         plots = report.make_plots(staging, doc, predictions, emb, unified, cfg) if cfg.plots else {}
-        (staging / REPORT_FILE).write_text(report.render_html(doc, plots, staging), encoding="utf-8")
+        (staging / layout.REPORT_FILE).write_text(report.render_html(doc, plots, staging), encoding="utf-8")
 
     return EvaluateResult(
-        output_uri=output_uri, metrics_uri=storage.join(output_uri, METRICS_FILE),
-        report_uri=storage.join(output_uri, REPORT_FILE), plots=sorted(plots), tasks=list(tasks),
+        output_uri=output_uri, metrics_uri=storage.join(output_uri, layout.METRICS_FILE),
+        report_uri=storage.join(output_uri, layout.REPORT_FILE), plots=sorted(plots), tasks=list(tasks),
         embedding_dim=emb.dim,
         n_cells={t: v["n_cells"] for t, v in tasks.items()},
         n_excluded={t: len(v["excluded"]) for t, v in tasks.items()},

@@ -23,7 +23,6 @@ from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
 
 from pydantic import Field
 
-from msenc_lib.errors import ConfigError
 from msenc_lib.launch.base import (
     LaunchConfig,
     LaunchError,
@@ -31,7 +30,6 @@ from msenc_lib.launch.base import (
     PodIdentity,
     TrainLauncher,
     current_pod,
-    parse_key_value,
     parse_toleration,
     pod_namespace,
     sigterm_cancels,
@@ -550,53 +548,3 @@ def run_pytorchjob(config: PyTorchJobConfig, *, client=None, echo: Callable[[str
     ``owner`` (default: this KFP step's pod, from the env) becomes the job's ownerReference.
     """
     return PyTorchJobLauncher(config, client=client, echo=echo, owner=owner).launch()
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def register(subparsers) -> None:
-    """``msenc launch pytorchjob ...`` (called by :mod:`msenc_lib.launch`)."""
-    from msenc_lib import cli
-
-    p = subparsers.add_parser(
-        "pytorchjob",
-        help="train on a Kubernetes cluster as a Kubeflow PyTorchJob (1 master + workers, GPUs)",
-        description="Run `python -m msenc_lib.train` as a Kubeflow Training Operator PyTorchJob: WORKERS pods "
-        "(1 Master + WORKERS-1 Workers) with GPUS_PER_WORKER GPUs each, reading the dataset from and writing "
-        "the model to s3:// URIs with the credentials of a Kubernetes Secret. Waits for the job, streams the "
-        "master's log, fails with the job's reason and deletes the job at the end (unless --keep). "
-        "Kubernetes access: in-cluster config in a pod, else KUBECONFIG / ~/.kube/config.",
-        epilog="Example: msenc launch pytorchjob --workers 2 --gpus-per-worker 1 --image REGISTRY/msenc-cuda:0.1 "
-        "--data-uri s3://bucket/split --output-uri s3://bucket/models/run1 --preset tiny "
-        "--node-selector nvidia.com/gpu.present=true --toleration nvidia.com/gpu:NoSchedule --render",
-    )
-    p.add_argument("--render", action="store_true", help="print the PyTorchJob as YAML and exit (creates nothing)")
-    p.add_argument("--node-selector", dest="node_selector_kv", metavar="KEY=VALUE", nargs="+",
-                   action="extend", help="nodeSelector entry of the pods (repeatable)")
-    p.add_argument("--toleration", dest="toleration_specs", metavar="KEY[=VALUE][:EFFECT]", nargs="+",
-                   action="extend", help="toleration of the pods, e.g. nvidia.com/gpu:NoSchedule (repeatable)")
-    cli.add_config_options(p, PyTorchJobConfig, exclude=("node_selector", "tolerations"))
-    p.set_defaults(func=_cli_run)
-
-
-def _cli_run(args) -> LaunchResult | None:
-    from msenc_lib import cli
-
-    cfg = cli.config_from_args(PyTorchJobConfig, args)
-    updates: dict[str, Any] = {}
-    try:
-        if args.node_selector_kv:
-            given = dict(parse_key_value(kv) for kv in args.node_selector_kv)
-            updates["node_selector"] = {**cfg.node_selector, **given}
-        if args.toleration_specs:
-            for t in args.toleration_specs:
-                parse_toleration(t)
-            updates["tolerations"] = [*cfg.tolerations, *args.toleration_specs]
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if updates:
-        cfg = PyTorchJobConfig.load(cfg.model_dump(), overrides=updates, environ={})
-    launcher = PyTorchJobLauncher(cfg)
-    if args.render:
-        sys.stdout.write(render_yaml(launcher.render()))
-        return None
-    return launcher.launch()  # SIGTERM/Ctrl-C: LaunchCancelled is a KeyboardInterrupt (exit status 130)

@@ -15,13 +15,12 @@ from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
 from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.train import TrainConfig, run_train
 
 BACKENDS = ("local", "pytorchjob")
-METRICS_FILE = "metrics.jsonl"
-CONFIG_SUFFIX = "-config/train_config.yaml"
+CONFIG_SUFFIX = f"-config/{layout.TRAIN_CONFIG}"
 
 
 class TrainStepResult(BaseModel):
@@ -35,7 +34,7 @@ class TrainStepResult(BaseModel):
 
 def final_metrics(model_uri: str) -> tuple[int, float]:
     """(last logged step, its training loss) from a trained model's ``metrics.jsonl``."""
-    uri = storage.join(storage.object_uri(model_uri), METRICS_FILE)
+    uri = storage.join(storage.object_uri(model_uri), layout.METRICS_LOG)
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:

@@ -16,9 +16,7 @@ faster (tiny preset) and 45 % slower (seed preset) here (benchmarks/README.md).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from msenc_lib import storage
+from msenc_lib import layout, storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import ConfigError, InputDataError, MsencError, StorageError
 
@@ -38,6 +36,7 @@ ARCHITECTURE_FIELDS = ("seq_lens", "hidden_sizes", "num_layers", "num_attention_
 
 class TrainConfig(StageConfig):
     stage = "train"
+    retired = frozenset({"overwrite"})  # now run_train's argument (--overwrite), like every stage's
 
     preset: str = Field("seed", description="model size: tiny (seconds on CPU), small (the demo), seed (the "
                         "original's 2048x8x4 = 65,536-token model), seed_wide (seed with 8 global heads of dim 32)")
@@ -82,7 +81,6 @@ class TrainConfig(StageConfig):
                                                    "them (0.8: -16% peak memory, +7% step time at the seed config)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     resume: bool = Field(False, description="continue from the latest checkpoint in the output folder")
-    overwrite: bool = Field(False, description="replace an existing output folder instead of failing")
     progress: bool = Field(True, description="progress bar on stderr (rank 0)")
     dist_timeout_s: float = Field(1800.0, gt=0, description="timeout of collective operations (seconds)")
 
@@ -109,17 +107,16 @@ class TrainResult(BaseModel):
 def _load_split(data_dir: Path) -> tuple[Any, Path, Path | None]:
     from transformers import AutoTokenizer
 
-    train_seq = data_dir / "train" / "sequences"
-    if not train_seq.is_dir() or not any(train_seq.glob("*.parquet")):
+    train, validation = (data_dir / subset for subset in layout.SUBSETS[:2])
+    if not layout.sequence_files(str(train)):
         raise InputDataError(f"{data_dir}: no training sequences (expected train/sequences/part-*.parquet, the "
                              "layout 'msenc split' writes)")
-    tok_dir = data_dir / "tokenizer"
-    if not (tok_dir / "tokenizer_config.json").exists() and not (tok_dir / "tokenizer.json").exists():
+    tok_dir = data_dir / layout.TOKENIZER_DIR
+    if not layout.has_tokenizer(tok_dir):
         raise InputDataError(f"{data_dir}: no tokenizer/ folder (the layout 'msenc split' writes)")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    val_seq = data_dir / "validation" / "sequences"
-    has_val = val_seq.is_dir() and any(val_seq.glob("*.parquet"))
-    return tokenizer, train_seq, val_seq if has_val else None
+    has_val = bool(layout.sequence_files(str(validation)))
+    return tokenizer, train / layout.SEQUENCES_DIR, validation / layout.SEQUENCES_DIR if has_val else None
 
 
 def _model_config(config: TrainConfig, tokenizer):
@@ -170,12 +167,12 @@ def _build_model(config: TrainConfig, tokenizer):
     return model
 
 
-def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
+def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bool):
     """Tokenizer, model, train/validation windows, the checkpoint to resume from, a local tokenizer copy."""
     from msenc_lib.model.masking import MaskingSpec
     from msenc_lib.tokenizer import special_token_ids
-    from msenc_lib.training.checkpoint import latest_checkpoint
-    from msenc_lib.training.data import EVAL_MASK_SEED, WindowDataset, read_sequences
+    from msenc_lib.train.checkpoint import latest_checkpoint
+    from msenc_lib.train.data import EVAL_MASK_SEED, WindowDataset, read_sequences
 
     # every rank reads the split once (s3: one download per process)
     with storage.local_copy(data_uri) as data_dir:
@@ -204,20 +201,23 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str):
     if config.resume:
         resume_from = latest_checkpoint(output_uri)
         if resume_from is None:
-            raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, 'checkpoints')} to "
+            raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, layout.CHECKPOINTS_DIR)} to "
                               "continue from; run without --resume to start training")
-    elif storage.exists(output_uri) and storage.list_files(output_uri) and not config.overwrite:
+    elif storage.exists(output_uri) and storage.list_files(output_uri) and not overwrite:
         raise StorageError(f"output already exists and is not empty: {output_uri} (use --resume to "
                            "continue its training, --overwrite to replace it, or another output)")
     return tokenizer, model, train_data, val_data, resume_from, tok_tmp
 
 
 # ---------------------------------------------------------------------------------------- the stage
-def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResult:
-    """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env."""
+def run_train(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bool = False) -> TrainResult:
+    """Pretrain on ``data_uri`` (a split folder/prefix) into ``output_uri``; distributed from the env.
+
+    An existing non-empty output is an error unless ``config.resume`` (continue it) or ``overwrite`` (replace it).
+    """
     from msenc_lib.tokenizer import digit_token_ids
-    from msenc_lib.training import distributed
-    from msenc_lib.training.loop import Trainer
+    from msenc_lib.train import distributed
+    from msenc_lib.train.loop import Trainer
 
     start = time.perf_counter()
     data_uri, output_uri = str(data_uri), str(output_uri).rstrip("/")
@@ -228,7 +228,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
         # every rank prepares (reads the split, builds the model, checks the output); if one fails, all stop
         # at once instead of the others waiting for it in a collective until the timeout
         try:
-            prep, failure = _prepare(config, data_uri, output_uri), None
+            prep, failure = _prepare(config, data_uri, output_uri, overwrite), None
         except Exception as e:  # re-raised below, on this rank as it is
             prep, failure = None, e
         if ctx.any_true(failure is not None):
@@ -236,7 +236,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
                 raise failure
             raise MsencError("training setup failed on another rank; see that rank's log")
         tokenizer, model, train_data, val_data, resume_from, tok_tmp = prep
-        if config.overwrite and not config.resume and ctx.is_main:
+        if overwrite and not config.resume and ctx.is_main:
             storage.remove(output_uri)
         ctx.barrier()
 
@@ -245,7 +245,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str) -> TrainResul
         if resume_from is not None:
             trainer.restore(resume_from)
         elif ctx.is_main:
-            config.save(storage.join(output_uri, "train_config.yaml"))
+            config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
         outcome = trainer.train()
         if outcome.completed and ctx.is_main:
             _save_final(trainer, config, Path(tok_tmp.name), output_uri)
@@ -271,52 +271,10 @@ def _save_final(trainer, config: TrainConfig, tokenizer_dir: Path, output_uri: s
     with tempfile.TemporaryDirectory(prefix="msenc-model-") as tmp:
         tmp_path = Path(tmp)
         model.save_pretrained(str(tmp_path), safe_serialization=True)
-        shutil.copytree(tokenizer_dir, tmp_path / "tokenizer")
+        shutil.copytree(tokenizer_dir, tmp_path / layout.TOKENIZER_DIR)
         files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.name == "config.json")  # the "model is complete" marker goes last
+        files.sort(key=lambda p: p.name == layout.MODEL_CONFIG)  # the "model is complete" marker goes last
         for path in files:
             storage.write_bytes(storage.join(output_uri, path.relative_to(tmp_path).as_posix()), path.read_bytes())
-    config.save(storage.join(output_uri, "train_config.yaml"))
+    config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
     trainer.metrics.flush()
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Pretrain the multiscale encoder (masked LM, 15% of the tokens; loss 0.7 cross-entropy + 0.3 number-token
-loss) on the train subset of a split ('msenc split' output), evaluating on its validation subset.
-Token windows of the model's context start at time-step boundaries; AdamW, cosine schedule with warmup,
-gradient clipping and accumulation; bf16 autocast on CUDA and on CPUs with native bf16 (--precision).
-Checkpoints go to OUT/checkpoints/ (--resume continues from the newest), metrics to OUT/metrics.jsonl, the
-final model (best eval loss) to OUT with its tokenizer in OUT/tokenizer/.
-
-Distributed: under torchrun, or with the Kubeflow Training Operator's env (MASTER_ADDR, MASTER_PORT,
-WORLD_SIZE, RANK), it runs DDP (gloo on CPU, nccl on GPU); only rank 0 writes.
-Data and output may be s3:// URIs (endpoint from AWS_ENDPOINT_URL). MLflow logging when mlflow is
-installed and MLFLOW_TRACKING_URI is set.
-
-  msenc train --preset tiny --data-dir split/ --output-dir model/ --max-steps 40
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options
-
-    p = subparsers.add_parser("train", help="pretrain the encoder on a split (masked LM + number-token loss)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, metavar="SPLIT", help="split folder (local or s3://)")
-    p.add_argument("--output-dir", required=True, metavar="OUT", help="model output folder (local or s3://)")
-    add_config_options(p, TrainConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> TrainResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(TrainConfig, args)
-    return run_train(config, args.data_dir, args.output_dir)
-
-
-if __name__ == "__main__":  # python -m msenc_lib.train ... (the PyTorchJob pod command)
-    from msenc_lib.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from msenc_lib.model.hardware import compile_pays, native_bf16
-from msenc_lib.training.checkpoint import MetricsLog, load_checkpoint, save_checkpoint
-from msenc_lib.training.data import WindowDataset, count_targets
-from msenc_lib.training.distributed import DistContext
+from msenc_lib.train.checkpoint import MetricsLog, load_checkpoint, save_checkpoint
+from msenc_lib.train.data import WindowDataset, count_targets
+from msenc_lib.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
 

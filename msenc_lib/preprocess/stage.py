@@ -2,18 +2,18 @@
 
 Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-workflow.md §2.1):
 
-* rows with ``column_time[k] <= time_cutoff[k]`` are kept (all given cutoffs, AND; nulls fail);
+* rows with ``time_columns[k] <= time_cutoff[k]`` are kept (all given cutoffs, AND; nulls fail);
 * ``--smooth-charge-capacity``: ``charge_capacity`` clipped to [0, 1.1], then per cell each row gets the
   maximum over itself and every later row (a running maximum from the end backwards);
-* rows are sorted by ``column_time`` (ascending, nulls first; rows with equal keys keep their input order,
+* rows are sorted by ``time_columns`` (ascending, nulls first; rows with equal keys keep their input order,
   which the original leaves open);
-* a time step = every column except ``column_id`` and ``exclude_features``, in table column order, floats
+* a time step = every column except ``id_column`` and ``exclude_features``, in table column order, floats
   as ``str(round(x, decimal_precision))``, integers as ``str(x)``, nulls as the unk token, joined by
   ``value_sep``; time steps joined by the time separator;
 * training mode (``--is-training-shuffled``, default): one sequence per cell; the time steps of every cell
   are reordered by ONE permutation of ``range(max_len)`` (``max_len`` = the longest cell; indices beyond a
   cell's length are dropped), drawn from ``numpy.random.default_rng(seed)``;
-* embedding mode: one sequence per (cell, ``column_time[0]`` value), in value order; the time steps of
+* embedding mode: one sequence per (cell, ``time_columns[0]`` value), in value order; the time steps of
   each group are shuffled: ``numpy.random.default_rng([seed, zlib.crc32(cell_key)]).random(n)`` gives one
   key per row of the cell (rows in time order) and a group's rows are ordered by their keys (the original's
   shuffle is unseeded).
@@ -24,27 +24,24 @@ Output (``design.md`` §2)::
     OUT/tokenizer/                        AutoTokenizer.from_pretrained(OUT/tokenizer)
     OUT/preprocess_config.yaml, OUT/manifest.json, [OUT/text/<cell>.csv  (the original per-cell CSV)]
 
-How it scales: input files are scanned first (in parallel, :mod:`msenc_lib.preprocess_input`). A Parquet
+How it scales: input files are scanned first (in parallel, :mod:`msenc_lib.preprocess.scan`). A Parquet
 file holding one cell (known from its footer statistics) is read directly when its shard is processed;
 CSV files and multi-cell Parquet files are streamed in blocks and split per cell into temporary Arrow
 files (filtered by the cutoff), so one big multi-cell CSV needs memory for one block, not the file (and
 local disk for its needed columns). Cells are then grouped, in ``cell_key`` order, into shards of about
 ``shard_rows`` input rows; each shard is one task for the ``--workers`` processes and holds one cell in
 memory at a time. Shard boundaries depend only on the data, so the output is identical for any number of
-workers. Text is made by :mod:`msenc_lib.textformat` (vectorised, exact); for the built-in tokenizer it is
+workers. Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in tokenizer it is
 written directly as token ids, without a tokenizer call. s3:// inputs are downloaded to a temporary folder
 first; the output goes through ``storage.publish`` (nothing is left at the output URI on failure).
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import contextlib
-import json
 import logging
 import multiprocessing
-import sys
 import tempfile
 import time
 import zlib
@@ -55,20 +52,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from msenc_lib import layout
 from msenc_lib.config import StageConfig
+from msenc_lib.data.readers import read_columns
 from msenc_lib.errors import ConfigError, InputDataError
-from msenc_lib.preprocess_input import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, read_columns,
-                                        resolve_types, scan_file)
+from msenc_lib.progress import progress_bar
+from msenc_lib.preprocess.scan import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, resolve_types,
+                                       scan_file)
 
 log = logging.getLogger(__name__)
 
-FORMAT_NAME = "msenc-preprocessed"
-FORMAT_VERSION = 1
-SEQUENCES_DIR = "sequences"
-TOKENIZER_DIR = "tokenizer"
-TEXT_DIR = "text"
-MANIFEST_NAME = "manifest.json"
-CONFIG_NAME = "preprocess_config.yaml"
 STREAM_COLUMN = "battery_stream"  # the original's text column name
 SMOOTH_COLUMN = "charge_capacity"  # hard-coded in the original
 SMOOTH_MAX = 1.1
@@ -84,17 +77,18 @@ PARQUET_OPTIONS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------- config
 class PreprocessConfig(StageConfig):
     stage = "preprocess"
+    renamed = {"column_id": "id_column", "column_time": "time_columns"}  # the original CLI's names
 
     tokenizer_id: str | None = Field(
         None, description="tokenizer: omit (or 'msenc-numeric') for the built-in numeric tokenizer (23 tokens, "
         "one per character); or a local folder / s3:// prefix holding a saved Hugging Face tokenizer, patched "
         "with missing sep/unk/pad/mask tokens like the original. Hub ids cannot be downloaded here")
-    column_id: str = Field("cell_key", description="column naming the time series (one cell)")
+    id_column: str = Field("cell_key", description="column naming the time series (one cell)")
     time_sep: str = Field("<|sep|>", description="separator between time steps, added as the tokenizer's sep "
                           "token; a tokenizer that already has a sep token uses its own (as the original). "
                           "Empty: time steps are joined with nothing")
     value_sep: str = Field(",", description="separator between the values of one time step")
-    column_time: list[str] = Field(["cycle_number", "time"], description="time columns, coarse to fine "
+    time_columns: list[str] = Field(["cycle_number", "time"], description="time columns, coarse to fine "
                                    "(comma-separated): rows are sorted by them; the first one groups the "
                                    "sequences in embedding mode")
     smooth_charge_capacity: bool = Field(True, description="clip charge_capacity to [0, 1.1] and replace each "
@@ -102,8 +96,8 @@ class PreprocessConfig(StageConfig):
     exclude_features: list[str] = Field(default_factory=list, description="columns left out of the text "
                                         "(comma-separated)")
     decimal_precision: int = Field(4, ge=0, le=30, description="floats are written as str(round(x, N))")
-    time_cutoff: list[float] | None = Field(None, description="keep rows with column_time[k] <= cutoff[k] "
-                                            "(comma-separated, matched to column_time in order)")
+    time_cutoff: list[float] | None = Field(None, description="keep rows with time_columns[k] <= cutoff[k] "
+                                            "(comma-separated, matched to time_columns in order)")
     is_training_shuffled: bool = Field(True, description="true: training mode, one sequence per cell with the "
                                        "time steps permuted by one seeded permutation shared by all cells; "
                                        "false: embedding mode, one sequence per (cell, first time column value)")
@@ -115,7 +109,7 @@ class PreprocessConfig(StageConfig):
                             "shard sequences/part-NNNNN.parquet")
     progress: bool = Field(True, description="progress bars on stderr")
 
-    @field_validator("column_time")
+    @field_validator("time_columns")
     @classmethod
     def _time_not_empty(cls, v: list[str]) -> list[str]:
         if not v:
@@ -168,7 +162,7 @@ class Plan:
     schema: Any  # pa.Schema of the needed columns (resolved types)
     staging: str
     write_text: bool
-    column_id: str
+    id_column: str
     alphabet: Any  # textformat.Alphabet: token ids (built-in tokenizer) or text (TEXT)
     builtin: bool
     tokenizer_dir: str | None
@@ -306,7 +300,7 @@ def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.nd
     ``seq_bounds``: offsets of the sequences in ``flat`` (len = n_sequences + 1). A tokenizer other than
     the built-in one gets the text in pieces of ~4k time steps cut at the time separator (its sep token, a
     special token that tokenizers split on first), all pieces of all sequences in one batched call."""
-    from msenc_lib.textformat import SEP_BYTE, to_text
+    from msenc_lib.preprocess.textformat import SEP_BYTE, to_text
 
     if plan.builtin:
         return flat.astype(np.int32), seq_bounds.astype(np.int64)
@@ -337,6 +331,7 @@ def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.nd
     return np.asarray(ids, dtype=np.int32), np.asarray(offsets, np.int64)
 
 
+# Not the csv module: with "\n" line ends it leaves a lone "\r" unquoted, which the original (polars) quotes.
 def _csv_field(text: str) -> str:
     if any(ch in text for ch in ',"\n\r'):
         return '"' + text.replace('"', '""') + '"'
@@ -345,10 +340,10 @@ def _csv_field(text: str) -> str:
 
 def _write_text_csv(path: Path, plan: Plan, cell: str, flat: np.ndarray, bounds: np.ndarray,
                     groups: list[str] | None) -> None:
-    from msenc_lib.textformat import to_text
+    from msenc_lib.preprocess.textformat import to_text
 
     group_col = plan.time_columns[0]
-    header = [plan.column_id, group_col, STREAM_COLUMN] if groups is not None else [plan.column_id, STREAM_COLUMN]
+    header = [plan.id_column, group_col, STREAM_COLUMN] if groups is not None else [plan.id_column, STREAM_COLUMN]
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(_csv_field(h) for h in header) + "\n")
         for i, (s, e) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
@@ -362,7 +357,7 @@ def process_cell(info: CellInfo, plan: Plan, check_roundtrip: bool = False):
     non-built-in tokenizer, record in the stats whether decode(input_ids) gives the first sequence's text."""
     import pyarrow as pa
 
-    from msenc_lib.textformat import UnformattableValue, format_rows, format_value
+    from msenc_lib.preprocess.textformat import UnformattableValue, format_rows, format_value
 
     table = _load_cell(info, plan)
     n = table.num_rows
@@ -431,7 +426,7 @@ def process_cell(info: CellInfo, plan: Plan, check_roundtrip: bool = False):
     stats = {"cell_key": info.cell_key, "rows_in": info.rows_in, "rows": n, "n_sequences": n_seq,
              "n_tokens": int(offsets[-1])}
     if check_roundtrip and not plan.builtin:
-        from msenc_lib.textformat import to_text
+        from msenc_lib.preprocess.textformat import to_text
 
         tok = _hf_tokenizer(plan.tokenizer_dir)
         first = to_text(flat[byte_bounds[0]: byte_bounds[1]], plan.time_sep, plan.unk_text)
@@ -443,11 +438,9 @@ def process_shard(task: tuple) -> dict[str, Any]:
     """Phase 2: one shard file (its cells in order, one in memory at a time)."""
     import pyarrow.parquet as pq
 
-    from msenc_lib.data.unified import cell_file_name
-
     shard_index, cells, plan = task
     staging = Path(plan.staging)
-    path = staging / SEQUENCES_DIR / f"part-{shard_index:05d}.parquet"
+    path = staging / layout.SEQUENCES_DIR / layout.shard_name(shard_index)
     writer = None
     stats = []
     try:
@@ -459,8 +452,8 @@ def process_shard(task: tuple) -> dict[str, Any]:
             st["shard"] = path.name
             stats.append(st)
             if text is not None:
-                fname = cell_file_name(info.cell_key)[: -len(".parquet")] + ".csv"
-                _write_text_csv(staging / TEXT_DIR / fname, plan, info.cell_key, *text)
+                fname = layout.cell_file_name(info.cell_key, suffix=".csv")
+                _write_text_csv(staging / layout.TEXT_DIR / fname, plan, info.cell_key, *text)
             del table, text
     finally:
         if writer is not None:
@@ -490,11 +483,8 @@ def _run_tasks(func, tasks: list, pool, desc: str, progress: bool, weights: list
                unit: str = "row") -> list:
     """Run ``func`` over ``tasks`` (in this process when ``pool`` is None); results in task order. The
     first failure cancels the rest and is raised."""
-    from tqdm.auto import tqdm
-
     weights = weights or [1] * len(tasks)
-    bar = tqdm(total=sum(weights), desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-               disable=not progress, dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=sum(weights), desc=desc, enabled=progress, unit=unit, unit_scale=True)
     results: list = [None] * len(tasks)
     try:
         if pool is None or len(tasks) <= 1:
@@ -528,10 +518,10 @@ def _suggest(name: str, columns: list[str]) -> str:
 def _check_columns(config: PreprocessConfig, columns: list[str], source: str) -> list[str]:
     """Validate the column options against the data; returns warnings."""
     warnings = []
-    if config.column_id not in columns:
-        raise ConfigError(f"--column-id {config.column_id!r} is not a column of {source}"
-                          f"{_suggest(config.column_id, columns)}; columns: {columns}")
-    for c in config.column_time:
+    if config.id_column not in columns:
+        raise ConfigError(f"--column-id {config.id_column!r} is not a column of {source}"
+                          f"{_suggest(config.id_column, columns)}; columns: {columns}")
+    for c in config.time_columns:
         if c not in columns:
             raise ConfigError(f"--column-time {c!r} is not a column of {source}{_suggest(c, columns)}; "
                               f"columns: {columns}")
@@ -541,12 +531,12 @@ def _check_columns(config: PreprocessConfig, columns: list[str], source: str) ->
     unknown = [c for c in config.exclude_features if c not in columns]
     if unknown:
         warnings.append(f"--exclude-features names columns the data does not have (ignored): {unknown}")
-    if config.time_cutoff is not None and len(config.time_cutoff) != len(config.column_time):
-        if len(config.time_cutoff) > len(config.column_time):
+    if config.time_cutoff is not None and len(config.time_cutoff) != len(config.time_columns):
+        if len(config.time_cutoff) > len(config.time_columns):
             raise ConfigError(f"--time-cutoff has {len(config.time_cutoff)} values for "
-                              f"{len(config.column_time)} time column(s) {config.column_time}")
+                              f"{len(config.time_columns)} time column(s) {config.time_columns}")
         warnings.append(f"--time-cutoff has fewer values than --column-time: "
-                        f"{config.column_time[len(config.time_cutoff):]} are not filtered")
+                        f"{config.time_columns[len(config.time_cutoff):]} are not filtered")
     return warnings
 
 
@@ -572,7 +562,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
     import pyarrow as pa
 
     from msenc_lib import __version__, storage
-    from msenc_lib.textformat import INVALID, TEXT
+    from msenc_lib.preprocess.textformat import INVALID, TEXT
     from msenc_lib.tokenizer import load_tokenizer, tokenizer_info
 
     start = time.perf_counter()
@@ -596,17 +586,17 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                     f"{uri}: columns differ from {uris[0]} (missing {sorted(set(columns) - set(other))}, extra "
                     f"{sorted(set(other) - set(columns))}); all inputs need the same columns ('msenc ingest' "
                     "unifies them)")
-        excluded = set(config.exclude_features) | {config.column_id}
+        excluded = set(config.exclude_features) | {config.id_column}
         text_columns = [c for c in columns if c not in excluded]
         if not text_columns:
             raise ConfigError("no column left for the text: every column is the id or excluded")
-        needed = list(dict.fromkeys([*text_columns, *config.column_time,
+        needed = list(dict.fromkeys([*text_columns, *config.time_columns,
                                      *([SMOOTH_COLUMN] if config.smooth_charge_capacity else [])]))
-        cutoffs = list(zip(config.column_time, config.time_cutoff or []))
+        cutoffs = list(zip(config.time_columns, config.time_cutoff or []))
 
         spill = tmp / "spill"
         spill.mkdir()
-        scan_tasks = [(i, p, u, fmt, config.column_id, needed, cutoffs, str(spill))
+        scan_tasks = [(i, p, u, fmt, config.id_column, needed, cutoffs, str(spill))
                       for i, (p, u) in enumerate(zip(local_files, uris))]
         scans: list[FileScan] = _run_tasks(scan_file, scan_tasks, pool, "scanning inputs",
                                            config.progress, unit="file")
@@ -629,7 +619,7 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         if not kept:
             lows = ", ".join(f"{c} >= {minima[c]!r}" for c, _ in cutoffs if c in minima)
             raise InputDataError(
-                f"--time-cutoff {config.time_cutoff} on {config.column_time[:len(cutoffs)]} leaves no rows in any "
+                f"--time-cutoff {config.time_cutoff} on {config.time_columns[:len(cutoffs)]} leaves no rows in any "
                 f"of the {len(cells)} cell(s) (the data has {lows or 'no values there'})")
         if skipped:
             warnings.append(f"{len(skipped)} cell(s) have no rows left after --time-cutoff and were skipped: "
@@ -646,16 +636,16 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         max_len = max(c.rows for c in kept)
 
         with storage.publish(str(output_uri), overwrite=overwrite) as staging:
-            (staging / SEQUENCES_DIR).mkdir()
+            (staging / layout.SEQUENCES_DIR).mkdir()
             if config.text:
-                (staging / TEXT_DIR).mkdir()
-            tok_dir = staging / TOKENIZER_DIR
+                (staging / layout.TEXT_DIR).mkdir()
+            tok_dir = staging / layout.TOKENIZER_DIR
             loaded.save(tok_dir)
             plan = Plan(
-                mode=mode, text_columns=text_columns, time_columns=list(config.column_time), cutoffs=cutoffs,
+                mode=mode, text_columns=text_columns, time_columns=list(config.time_columns), cutoffs=cutoffs,
                 smooth=config.smooth_charge_capacity, precision=config.decimal_precision, value_sep=value_sep,
                 time_sep=loaded.time_sep, unk_text=loaded.unk_text, seed=config.seed, max_len=max_len,
-                schema=schema, staging=str(staging), write_text=config.text, column_id=config.column_id,
+                schema=schema, staging=str(staging), write_text=config.text, id_column=config.id_column,
                 alphabet=loaded.alphabet or TEXT, builtin=loaded.builtin,
                 tokenizer_dir=None if loaded.builtin else str(tok_dir),
                 tokenizer_name=loaded.name,
@@ -673,17 +663,17 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
             n_tokens = sum(s["n_tokens"] for s in cell_stats)
             n_sequences = sum(s["n_sequences"] for s in cell_stats)
             n_rows = sum(s["rows"] for s in cell_stats)
-            config.save(str(staging / CONFIG_NAME))
+            config.save(str(staging / layout.PREPROCESS_CONFIG))
             manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
+                "format": layout.DATASET_FORMAT,
+                "format_version": layout.DATASET_FORMAT_VERSION,
                 "created_by": f"msenc {__version__} preprocess",
                 "mode": mode,
-                "id_column": config.column_id,
-                "group_column": config.column_time[0] if mode == "embedding" else None,
+                "id_column": config.id_column,
+                "group_column": config.time_columns[0] if mode == "embedding" else None,
                 "text_columns": text_columns,
                 "column_types": {f.name: str(f.type) for f in schema},
-                "time_columns": list(config.column_time),
+                "time_columns": list(config.time_columns),
                 "time_cutoff": config.time_cutoff,
                 "smooth_charge_capacity": config.smooth_charge_capacity,
                 "decimal_precision": config.decimal_precision,
@@ -701,13 +691,13 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                 "skipped_cells": [s.model_dump() for s in skipped],
                 "warnings": warnings,
                 "inputs": [storage.stat(u) for u in uris],
-                "shards": [{"file": f"{SEQUENCES_DIR}/{r['shard']}", "n_cells": len(r["cells"]),
+                "shards": [{"file": f"{layout.SEQUENCES_DIR}/{r['shard']}", "n_cells": len(r["cells"]),
                             "n_sequences": sum(s["n_sequences"] for s in r["cells"]),
                             "n_tokens": sum(s["n_tokens"] for s in r["cells"])} for r in results],
                 "cells": cell_stats,
-                "text_dir": TEXT_DIR if config.text else None,
+                "text_dir": layout.TEXT_DIR if config.text else None,
             }
-            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+            layout.write_json(staging / layout.MANIFEST, manifest)
 
     for w in warnings:
         log.warning(w)
@@ -716,78 +706,9 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
         n_sequences=n_sequences, n_rows_in=n_rows_in, n_rows=n_rows, n_tokens=n_tokens,
         max_len=max_len if mode == "training" else None, n_shards=len(results), skipped_cells=skipped,
         warnings=warnings, tokenizer=loaded.name, vocab_size=loaded.vocab_size(), lossless=lossless,
-        manifest_uri=storage.join(str(output_uri), MANIFEST_NAME), seconds=round(time.perf_counter() - start, 3),
+        manifest_uri=storage.join(str(output_uri), layout.MANIFEST), seconds=round(time.perf_counter() - start, 3),
     )
 
 
-# ------------------------------------------------------------------------------------------------ read
-def read_manifest(uri: str) -> dict[str, Any]:
-    from msenc_lib import storage
-
-    try:
-        return json.loads(storage.read_text(storage.join(str(uri), MANIFEST_NAME)))
-    except FileNotFoundError:
-        raise InputDataError(f"{uri}: no {MANIFEST_NAME}; not a preprocessed dataset") from None
-
-
-def read_sequences(uri: str):
-    """All sequences of a preprocessed dataset (or split subset) as one Arrow table (small data, tests)."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from msenc_lib import storage
-
-    files = storage.list_files(storage.join(str(uri), SEQUENCES_DIR), suffix=".parquet")
-    if not files:
-        raise InputDataError(f"{uri}: no {SEQUENCES_DIR}/*.parquet")
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))) if storage.is_s3(f) else pq.read_table(f)
-              for f in files]
-    return pa.concat_tables(tables)
-
-
-# -------------------------------------------------------------------------------------------------- CLI
-_DESCRIPTION = """\
-Turn the unified table into token sequences in the original workflow's text form (one sequence per cell
-in training mode, one per (cell, cycle) in embedding mode), stored as token ids:
-  OUT/sequences/part-*.parquet (cell_key, [cycle_number], input_ids list<int32>, n_tokens),
-  OUT/tokenizer/ (AutoTokenizer.from_pretrained), OUT/preprocess_config.yaml, OUT/manifest.json,
-  OUT/text/<cell>.csv with --text (the original's per-cell CSV: cell_key,[cycle_number,]battery_stream).
-tokenizer.decode(input_ids) is exactly the text. The original CLI's options keep their names and defaults,
-e.g. (README):
-  msenc preprocess --input-path "out/unified/*.csv" --output-dir /datasets/beep \\
-      --column-id cell_key --time-sep "<|sep|>" --value-sep "," --column-time cycle_number,time \\
-      --smooth-charge-capacity --time-cutoff 1 --is-training-shuffled
-Embedding mode: --is-training-shuffled false (or --no-is-training-shuffled); the shards' cycle_number column
-holds the value of the first --column-time column.
-Differences from the original: the tokenizer defaults to the built-in numeric one (no hub download); the
-permutations come from numpy (same rule, seed 24 by default, but not polars' random order) and the
-embedding-mode shuffle is seeded; rows with equal time keep their input order; input may also be Parquet
-(e.g. 'msenc ingest' output) and s3://; --workers processes cells in parallel.
-"""
-
-
-def register(subparsers) -> None:
-    from msenc_lib.cli import add_config_options, add_overwrite_option
-
-    p = subparsers.add_parser("preprocess", help="unified table -> token sequences (training or embedding mode)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input-path", "--input", dest="input_path", required=True, metavar="PATH",
-                   help="unified CSV/Parquet file, folder or glob (local or s3://)")
-    p.add_argument("--output-dir", "--output", dest="output_dir", required=True, metavar="DIR",
-                   help="output folder (local or s3://)")
-    add_overwrite_option(p)
-    add_config_options(p, PreprocessConfig)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> PreprocessResult:
-    from msenc_lib.cli import config_from_args
-
-    config = config_from_args(PreprocessConfig, args)
-    return run_preprocess(config, args.input_path, args.output_dir, overwrite=args.overwrite)
-
-
-__all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "read_manifest",
-           "read_sequences", "smooth_capacity", "FORMAT_NAME", "SEQUENCES_DIR", "TOKENIZER_DIR", "MANIFEST_NAME"]
+__all__ = ["PreprocessConfig", "PreprocessResult", "SkippedCell", "run_preprocess", "smooth_capacity",
+           "PARQUET_OPTIONS"]

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from msenc_lib import storage
+from msenc_lib.layout import CHECKPOINTS_DIR as CHECKPOINTS
+from msenc_lib.layout import METRICS_LOG as METRICS_FILE
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
-METRICS_FILE = "metrics.jsonl"
 
 
 def checkpoint_name(step: int) -> str:

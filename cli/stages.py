@@ -1,0 +1,242 @@
+"""The stage subcommands, declared: each is its config model (the options), its paths and its ``run_<stage>``.
+
+``msenc <stage> --output-dir DIR [...]`` = ``run_<stage>(config, <paths in order>..., overwrite=...)`` with the
+config from ``--config FILE`` < ``MSENC_<STAGE>__<FIELD>`` < flags. The original workflow's spellings stay
+as aliases (``--input``, ``--output``, ``--ouput-dir``, ``--column-id``, ``--name-id``, ``--aggregation`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from msenc_cli.options import add_config_options, config_from_args, parse_bool
+
+
+@dataclass(frozen=True)
+class PathOption:
+    """An input or output location: one argument of the stage function."""
+
+    flags: tuple[str, ...]
+    dest: str
+    help: str
+    metavar: str = "DIR"
+    required: bool = True
+    keyword: str | None = None  # passed by this keyword instead of by position
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    name: str
+    help: str
+    description: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:run_function"
+    paths: tuple[PathOption, ...]
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    config_flag: str = "--config"
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def add_stage_command(subparsers, command: StageCommand) -> None:
+    p = subparsers.add_parser(command.name, help=command.help, description=command.description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    for path in command.paths:
+        p.add_argument(*path.flags, dest=path.dest, required=path.required, metavar=path.metavar,
+                       default=None, help=path.help)
+    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=parse_bool, metavar="BOOL",
+                   help="replace an existing non-empty output instead of failing")
+    add_config_options(p, _load(command.config), aliases=command.aliases, config_flag=command.config_flag)
+    p.set_defaults(func=_runner(command))
+
+
+def _runner(command: StageCommand) -> Callable[[argparse.Namespace], Any]:
+    def run(args: argparse.Namespace) -> Any:
+        config = config_from_args(_load(command.config), args)
+        positional = [getattr(args, p.dest) for p in command.paths if p.keyword is None]
+        keywords = {p.keyword: getattr(args, p.dest) for p in command.paths if p.keyword is not None}
+        return _load(command.run)(config, *positional, **keywords, overwrite=args.overwrite)
+    return run
+
+
+_OUTPUT = PathOption(("--output-dir",), "output_dir", "output folder (local or s3://)")
+
+GENERATE_DATA = StageCommand(
+    name="generate-data",
+    help="write the embedded synthetic dataset (unified Parquet)",
+    description="""\
+Write the embedded synthetic battery dataset (no download needed) in the unified Parquet layout:
+<output-dir>/<cell_key>.parquet per cell + _manifest.json, exactly like 'msenc ingest' output.
+The cells look like the Severson/BEEP data (multi-step fast-charge policy strings, CC-CV charge to 3.6 V,
+4C discharge to 2.0 V, capacity ~1.1 Ah fading with a knee, cycle life 150-2300, temperature rise, the
+real files' quirks) and carry the Severson signal (log var dQ_100-10(V) vs log cycle life).
+Sizes: tiny (~33k rows, seconds), demo (~250k rows, the README run), bench (~15M rows, benchmarks).
+""",
+    config="msenc_lib.data.synthetic:GenerateDataConfig",
+    run="msenc_lib.data.synthetic:run_generate_data",
+    paths=(_OUTPUT,),
+)
+
+INGEST = StageCommand(
+    name="ingest",
+    help="raw data (CSV, Parquet, Severson .mat/.pkl) -> unified Parquet",
+    description="""\
+Read raw battery data and write the unified table as Parquet: <output-dir>/<cell_key>.parquet per cell
+(readable with pandas.read_parquet(<output-dir>)) and <output-dir>/_manifest.json (counts, dtypes,
+warnings, input fingerprints).
+
+Inputs (--input-path: a file, a folder, or a glob; local or s3://):
+  csv              unified CSV(s): one file holding many cells, one file per cell, ... (streamed in blocks)
+  parquet          unified Parquet file(s), e.g. the output of 'msenc generate-data'
+  severson-mat     the data.matr.io batch .mat files (MATLAB v7.3); batch from the file name
+                   (2017-05-12 / 2017-06-30 / 2018-04-12 or batchN). Recommended for Severson data.
+  severson-pickle  batch1.pkl, batch2.pkl, batch3.pkl from the rdbraatz BuildPkl notebooks.
+                   WARNING: unpickling runs code from the file; use only pickles you trust.
+Severson inputs get the original cleaning (dropped cells, batch-2 carry-over merge) and the charge
+policy -> quartile C-rates rule. Bad data stops the run with a message naming the file, row, cell and
+column; nothing is written then. Harmless quirks of real files are kept and reported as warnings.
+""",
+    config="msenc_lib.ingest:IngestConfig",
+    run="msenc_lib.ingest:run_ingest",
+    paths=(PathOption(("--input-path",), "input_path", "input file, folder or glob (local or s3://)", "PATH"),
+           _OUTPUT),
+)
+
+PREPROCESS = StageCommand(
+    name="preprocess",
+    help="unified table -> token sequences (training or embedding mode)",
+    description="""\
+Turn the unified table into token sequences in the original workflow's text form (one sequence per cell
+in training mode, one per (cell, cycle) in embedding mode), stored as token ids:
+  OUT/sequences/part-*.parquet (cell_key, [cycle_number], input_ids list<int32>, n_tokens),
+  OUT/tokenizer/ (AutoTokenizer.from_pretrained), OUT/preprocess_config.yaml, OUT/manifest.json,
+  OUT/text/<cell>.csv with --text (the original's per-cell CSV: cell_key,[cycle_number,]battery_stream).
+tokenizer.decode(input_ids) is exactly the text. The original CLI's options keep their names and defaults,
+e.g. (README):
+  msenc preprocess --input-path "out/unified/*.csv" --output-dir /datasets/beep \\
+      --column-id cell_key --time-sep "<|sep|>" --value-sep "," --column-time cycle_number,time \\
+      --smooth-charge-capacity --time-cutoff 1 --is-training-shuffled
+Embedding mode: --is-training-shuffled false (or --no-is-training-shuffled); the shards' cycle_number column
+holds the value of the first --time-columns (--column-time) column.
+Differences from the original: the tokenizer defaults to the built-in numeric one (no hub download); the
+permutations come from numpy (same rule, seed 24 by default, but not polars' random order) and the
+embedding-mode shuffle is seeded; rows with equal time keep their input order; input may also be Parquet
+(e.g. 'msenc ingest' output) and s3://; --workers processes cells in parallel.
+""",
+    config="msenc_lib.preprocess:PreprocessConfig",
+    run="msenc_lib.preprocess:run_preprocess",
+    paths=(PathOption(("--input-path", "--input"), "input_path",
+                      "unified CSV/Parquet file, folder or glob (local or s3://)", "PATH"),
+           PathOption(("--output-dir", "--output"), "output_dir", "output folder (local or s3://)")),
+    aliases={"id_column": ("--column-id",), "time_columns": ("--column-time",)},
+)
+
+SPLIT = StageCommand(
+    name="split",
+    help="cell-level train/validation/test split (split_cfg.json)",
+    description="""\
+Split the cells of a preprocessed dataset (token-weighted), an embeddings folder (row-weighted) or a folder
+of per-cell CSV files (byte-weighted, as the original) into train / validation / test, and write
+OUT/split_cfg.json in the original's schema ({"train": ["<cell>.csv", ...], "validation": [...],
+"test": [...]}) with the subsets beside it. The original's command works as is:
+  msenc split --input-dir /datasets/beep --output-dir /dataset/beep-split/ [--ratio-train 0.8 --ratio-validation 0.05]
+  msenc split --input-dir embeddings/ --output-dir emb-split/ --config /dataset/beep-split/split_cfg.json
+Here --config (= --split-config) names a split_cfg.json to REUSE exactly (the original ignored it); the
+document with this command's own options is --stage-config. New splits are seeded (--seed).
+--preset severson: Severson et al.'s primary train -> "train", primary test -> "test", secondary test ->
+the extra key "secondary_test" (subset folder secondary_test/); "validation" is empty.
+""",
+    config="msenc_lib.split:SplitConfig",
+    run="msenc_lib.split:run_split",
+    paths=(PathOption(("--input-dir", "--input"), "input_dir",
+                      "preprocessed dataset, embeddings folder or folder of per-cell CSVs (local or s3://)"),
+           PathOption(("--output-dir", "--output", "--ouput-dir"), "output_dir",
+                      "output folder (local or s3://); --ouput-dir is the original README's spelling"),
+           PathOption(("--split-config", "--config"), "split_config", "split_cfg.json to reuse exactly (ours or "
+                      "the original's; local or s3://)", "FILE", required=False, keyword="split_config_uri")),
+    config_flag="--stage-config",
+)
+
+TRAIN = StageCommand(
+    name="train",
+    help="pretrain the encoder on a split (masked LM + number-token loss)",
+    description="""\
+Pretrain the multiscale encoder (masked LM, 15% of the tokens; loss 0.7 cross-entropy + 0.3 number-token
+loss) on the train subset of a split ('msenc split' output), evaluating on its validation subset.
+Token windows of the model's context start at time-step boundaries; AdamW, cosine schedule with warmup,
+gradient clipping and accumulation; bf16 autocast on CUDA. Checkpoints go to OUT/checkpoints/ (--resume
+continues from the newest), metrics to OUT/metrics.jsonl, the final model (best eval loss) to OUT with its
+tokenizer in OUT/tokenizer/.
+
+Distributed: under torchrun, or with the Kubeflow Training Operator's env (MASTER_ADDR, MASTER_PORT,
+WORLD_SIZE, RANK), it runs DDP (gloo on CPU, nccl on GPU); only rank 0 writes.
+Data and output may be s3:// URIs (endpoint from AWS_ENDPOINT_URL). MLflow logging when mlflow is
+installed and MLFLOW_TRACKING_URI is set.
+
+  msenc train --preset tiny --data-dir split/ --output-dir model/ --max-steps 40
+""",
+    config="msenc_lib.train:TrainConfig",
+    run="msenc_lib.train:run_train",
+    paths=(PathOption(("--data-dir",), "data_dir", "split folder (local or s3://)", "SPLIT"),
+           PathOption(("--output-dir",), "output_dir", "model output folder (local or s3://)", "OUT")),
+)
+
+EMBED = StageCommand(
+    name="embed",
+    help="trained encoder + embedding-mode sequences -> per-cycle embeddings",
+    description="""\
+Embed an embedding-mode preprocessed dataset (one sequence per cell and cycle) with a trained encoder:
+one vector per (cell, cycle) = the pooled last hidden states of the finest stage over the real tokens,
+plus the targets (max per cell and cycle of the unified columns). Writes <output-dir>/embeddings.parquet
+(cell_key, cycle_number, targets..., val_0..val_{d-1}) and, with --csv, <output-dir>/csv/<cell>.csv in the
+original layout (with the trailing 'index' column). Options of the original 'embedd' CLI are accepted
+where they make sense (--aggregation, --name-id, --time-id, --model-weight is not needed: the model
+folder holds config.json + model.safetensors).""",
+    config="msenc_lib.embed:EmbedConfig",
+    run="msenc_lib.embed:run_embed",
+    paths=(PathOption(("--data-dir",), "data_dir", "embedding-mode preprocessed dataset (local or s3://)"),
+           PathOption(("--model-dir",), "model_dir", "trained model folder: save_pretrained output (local or s3://)"),
+           PathOption(("--unified-dir",), "unified_dir", "unified data the targets come from (local or s3://)"),
+           _OUTPUT),
+    aliases={"pooling": ("--aggregation",), "id_column": ("--name-id",), "time_column": ("--time-id",)},
+)
+
+EVALUATE = StageCommand(
+    name="evaluate",
+    help="downstream evaluation: cycle life and capacity, report.html",
+    description="""\
+Evaluate embeddings on the downstream tasks of Severson et al. (design.md §7), all on ONE split:
+
+  cycle life (battery level): features from cycles <= N (--first-cycles, default 100) -> log10 cycle life,
+    elastic net and random forest (hyper-parameters by cross-validation on the train cells); feature sets:
+    the encoder's embeddings aggregated per cell (--aggregation mean,delta), Severson's variance (1),
+    discharge (6) and full (9; 7 without internal resistance) features computed from the unified data, and
+    a seeded random-feature control of the embedding's size.
+  capacity (cycle level): max capacity of cycle c+k (--horizon) from the embedding of cycle c, against the
+    persistence baseline (capacity of cycle c) and the random control.
+
+Inputs: --embeddings-dir (embeddings.parquet: cell_key, cycle_number, targets, val_0..val_{d-1}),
+--unified-dir (<cell>.parquet per cell), --split-config (split_cfg.json, or a split dir holding it;
+every subset present is reported, empty ones skipped). Cells lacking a needed cycle are reported and
+excluded, not fatal. Output (--output-dir, local or s3://): metrics.json (RMSE, MAE, MAPE %, MSE, R² per
+task, feature set, model and subset + chosen hyper-parameters), predictions_*.csv/parquet, PNG plots and
+one self-contained report.html.
+""",
+    config="msenc_lib.evaluate:EvaluateConfig",
+    run="msenc_lib.evaluate:run_evaluate",
+    paths=(PathOption(("--embeddings-dir",), "embeddings_dir",
+                      "embeddings folder (embeddings.parquet) or Parquet file; local or s3://"),
+           PathOption(("--unified-dir",), "unified_dir",
+                      "unified data folder (<cell_key>.parquet per cell); local or s3://"),
+           PathOption(("--split-config",), "split_config", "split_cfg.json ({'train': ['<cell>.csv', ...], "
+                      "'validation': [...], 'test': [...]}) or a split folder holding it", "FILE"),
+           _OUTPUT),
+)
+
+STAGE_COMMANDS = (GENERATE_DATA, INGEST, PREPROCESS, SPLIT, TRAIN, EMBED, EVALUATE)

@@ -1,0 +1,15 @@
+"""The stages' progress display: a tqdm bar on stderr, off when the stage's config says ``progress: false``
+(the KFP components do), gone when done."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable
+
+
+def progress_bar(iterable: Iterable | None = None, total: float | None = None, desc: str = "",
+                 enabled: bool = True, unit: str = "cell", **kwargs: Any):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, leave=False, **kwargs)
