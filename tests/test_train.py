@@ -474,7 +474,7 @@ def test_bf16_autocast_keeps_the_float32_loss_curve_within_seed_noise(split_dir,
 
     def curve(name: str, **over) -> np.ndarray:
         run_train(cfg(**steps, **over), str(split_dir), str(tmp_path / name))
-        return np.array([r["loss"] for r in metric_rows(str(tmp_path / name)) if "loss" in r])
+        return np.array([r["loss"] for r in read_metrics_log(str(tmp_path / name)) if "loss" in r])
 
     fp32, bf16, other_seed = curve("fp32"), curve("bf16", precision="bf16"), curve("seed1", seed=1)
     assert len(fp32) == len(bf16) == 20
@@ -493,5 +493,5 @@ def test_compiled_layers_train_like_eager_ones(split_dir, tmp_path, caplog):
     assert any("layers compiled" in r.message for r in caplog.records)
     assert not any("torch.compile failed" in r.message for r in caplog.records)  # it compiled, no eager fallback
     assert compiled.steps == eager.steps == 3
-    rows_e, rows_c = metric_rows(str(tmp_path / "eager")), metric_rows(str(tmp_path / "compiled"))
+    rows_e, rows_c = read_metrics_log(str(tmp_path / "eager")), read_metrics_log(str(tmp_path / "compiled"))
     assert [r["loss"] for r in rows_c] == pytest.approx([r["loss"] for r in rows_e], rel=1e-4)
