@@ -383,6 +383,8 @@ def cuda_missing() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if extra := os.environ.get("MSENC_GPU_BENCH_SITE"):  # the wheelhouse's packages, after the machine's own
+        sys.path.append(extra)
     if a.step:
         result = {"checks": run_checks, "nccl": run_nccl, "train": run_train}[a.step](a)
         if result is not None:

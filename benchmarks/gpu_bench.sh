@@ -9,19 +9,19 @@
 #
 # PYTHON (default python3) is the interpreter with (CUDA) torch; msenc runs from this checkout (PYTHONPATH), so it
 # needs only torch and transformers there. mblm 0.4.0 is imported from PYTHON, or from MBLM_PYTHON. A machine without
-# internet (the usual GPU box) gets what is missing from the wheelhouse .whl/ beside this repository's root
-# (git-ignored; made on a machine with internet by --wheelhouse for WHEEL_PYTHON_VERSION, default 3.12): mblm and
-# its pure-python dependencies plus pydantic, installed with --no-deps into a private folder (never over the machine's
-# torch).
+# internet (the usual GPU box) gets what is missing from the wheelhouse .whl/ in this repository's root (WHEELHOUSE
+# sets another; git-ignored; made on a machine with internet by --wheelhouse for WHEEL_PYTHON_VERSION, default 3.12,
+# the lent GPU machines' Python): mblm and its pure-python dependencies plus pydantic, installed with --no-deps into
+# a private folder searched after the machine's own packages (never over its torch).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 PY="${PYTHON:-python3}"
-WHEELS="$REPO/.whl"
-# mblm 0.4.0 and what it imports beyond torch/numpy/pyyaml/pillow/tqdm/einops/typing-extensions (which the
-# CUDA images carry)
+WHEELS="${WHEELHOUSE:-$REPO/.whl}"
+# mblm 0.4.0 and what it imports beyond torch/numpy/pyyaml/pillow/tqdm/typing-extensions (which the CUDA images
+# carry); they go to the END of sys.path, so a package the machine has already wins
 WHEEL_SPECS=(mblm==0.4.0 MEGABYTE-pytorch==0.3.6 mambapy==1.2.0 beartype pydantic pydantic-core annotated-types
-             typing-inspection)
+             typing-inspection einops)
 
 if [[ "${1:-}" == "--wheelhouse" ]]; then
     version="${WHEEL_PYTHON_VERSION:-3.12}"
@@ -48,13 +48,14 @@ fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 mblm_py="${MBLM_PYTHON:-$PY}"
-if ! "$mblm_py" -c "import mblm" 2>/dev/null; then
+if ! "$mblm_py" -c "import os, sys; p = os.environ.get('MSENC_GPU_BENCH_SITE'); p and sys.path.append(p); import mblm" \
+        2>/dev/null; then
     if compgen -G "$WHEELS/*.whl" >/dev/null; then
         site="${TMPDIR:-/tmp}/msenc-gpu-bench-site"
         echo "gpu_bench.sh: installing mblm from $WHEELS into $site" >&2
         "$mblm_py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
             "$WHEELS"/*.whl
-        export PYTHONPATH="$PYTHONPATH:$site"  # only packages the machine lacks: its torch stays in charge
+        export MSENC_GPU_BENCH_SITE="$site"  # gpu_bench.py appends it to sys.path: the machine's packages win
     else
         echo "gpu_bench.sh: mblm is not importable by $mblm_py and there is no wheelhouse $WHEELS: the reference" \
              "step will fail (make one with: benchmarks/gpu_bench.sh --wheelhouse)" >&2
