@@ -11,7 +11,7 @@ from typing import Sequence
 from pydantic import BaseModel
 
 from msenc_lib import __version__
-from msenc_lib.errors import EXIT_INTERRUPTED, describe
+from msenc_lib.errors import EXIT_INTERRUPTED, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msenc {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
-        known = describe(e)
-        if known is None:  # a bug: the traceback helps
+        code = report(e, args.command)
+        if code is None:  # a bug: the traceback helps
             raise
-        code, message = known
-        logging.getLogger("msenc").debug("error details", exc_info=True)
-        print(f"msenc {args.command}: error: {message}", file=sys.stderr)
         return code
     if isinstance(result, BaseModel):
         print(result.model_dump_json())

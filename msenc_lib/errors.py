@@ -110,3 +110,19 @@ def describe(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, MemoryError):
         return EXIT_ENVIRONMENT, "out of memory (give the process more memory, or lower the batch or data size)"
     return None
+
+
+def report(error: BaseException, command: str) -> int | None:
+    """Print ``msenc <command>: error: <message>`` to stderr for an error a user can act on and return its exit
+    status; ``None`` for a bug (the caller lets the traceback show). The traceback of a known error is logged
+    at DEBUG."""
+    import logging
+    import sys
+
+    known = describe(error)
+    if known is None:
+        return None
+    code, message = known
+    logging.getLogger("msenc").debug("error details", exc_info=error)
+    print(f"msenc {command}: error: {message}", file=sys.stderr, flush=True)
+    return code
