@@ -8,8 +8,9 @@ Outputs are written through :func:`publish`: the stage fills a local staging fol
 finishes without error is the folder moved (local) or uploaded (S3) to its URI. A failed or killed stage
 leaves no partial output:
 
-- locally the staging folder is a hidden sibling renamed into place (atomic; a second run that finishes
-  later finds the output there and fails instead of mixing files);
+- locally the staging folder, with the published marker ``.msenc-published.json`` (the file list with sizes
+  and SHA-256) in it, is a hidden sibling renamed into place (atomic; a second run that finishes later finds
+  the output there and fails instead of mixing files);
 - on S3, where objects appear one by one, the writer first claims the prefix (``.msenc-writing.json``, a
   conditional PUT that only one run wins), uploads, writes the published marker ``.msenc-published.json``
   (the file list with sizes and SHA-256) last and then drops the claim. A prefix holding a claim but no
@@ -472,14 +473,44 @@ def _check_complete(uri: str, names: set[str] | None = None) -> None:
 
 
 def _manifest(staging: Path) -> bytes:
+    """The published marker's content: every file's size and SHA-256 (deterministic: no time, no host)."""
     files = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != PUBLISHED_MARKER):
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         files[path.relative_to(staging).as_posix()] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
     return json.dumps({"files": files}, indent=1, sort_keys=True).encode()
+
+
+def published_files(uri: str | os.PathLike) -> dict[str, dict]:
+    """The files of the published output ``uri`` with their ``size`` and ``sha256``, from its published
+    marker; :class:`IncompleteOutputError` when it has none (unfinished, or not written by :func:`publish`)."""
+    uri = str(uri).rstrip("/")
+    try:
+        files = json.loads(read_bytes(join(uri, PUBLISHED_MARKER)))["files"]
+        if not isinstance(files, dict):
+            raise TypeError(type(files).__name__)
+        return files
+    except FileNotFoundError:
+        raise IncompleteOutputError(f"{uri}: no published marker {PUBLISHED_MARKER} (an unfinished output)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise IncompleteOutputError(f"{uri}: unreadable published marker {PUBLISHED_MARKER} ({e})") from None
+
+
+def check_published_bytes(uri: str | os.PathLike, name: str, data: bytes, files: dict[str, dict]) -> str | None:
+    """What is wrong with ``data``, read from the file ``name`` of the output ``uri``, against that output's
+    published ``files`` (:func:`published_files`); ``None`` when its size and SHA-256 match."""
+    want = files.get(name)
+    where = join(str(uri).rstrip("/"), name)
+    if want is None:
+        return f"{where} is not in the output's published marker"
+    if len(data) != want.get("size"):
+        return f"{where} has {len(data)} bytes, the published marker says {want.get('size')} (truncated or rewritten)"
+    if hashlib.sha256(data).hexdigest() != want.get("sha256"):
+        return f"{where} does not match its published SHA-256 (corrupted)"
+    return None
 
 
 def _abort_multipart_uploads(bucket: str, prefix: str) -> None:
@@ -805,7 +836,8 @@ def _remove_stale_staging(target: Path) -> None:
 def publish(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty local staging folder; on success it becomes the folder/prefix ``uri``.
 
-    Locally the staging folder is a hidden sibling of the target, renamed into place at the end. On S3 it
+    Locally the staging folder is a hidden sibling of the target, renamed into place at the end with the
+    published marker (:func:`published_files`) in it. On S3 it
     is a temporary folder uploaded at the end under a claim, with the published marker last (module doc).
     An existing non-empty output is an error unless ``overwrite``; then it is replaced as a whole. A second
     run that finishes after the first finds the output there and fails (:class:`OutputExistsError`).
@@ -830,6 +862,7 @@ def publish(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise _local_write_error(uri, e) from None
     try:
         yield staging
+        (staging / PUBLISHED_MARKER).write_bytes(_manifest(staging))  # renamed into place with the files
         _commit_local(staging, target, overwrite)
     finally:
         if staging.exists():

@@ -172,7 +172,7 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: boo
     """Tokenizer, model, train/validation windows, the checkpoint to resume from, a local tokenizer copy."""
     from msenc_lib.model.masking import MaskingSpec
     from msenc_lib.tokenizer import special_token_ids
-    from msenc_lib.train.checkpoint import latest_checkpoint
+    from msenc_lib.train.checkpoint import load_latest
     from msenc_lib.train.data import EVAL_MASK_SEED, WindowDataset, read_sequences
 
     # every rank reads the split once (s3: one download per process)
@@ -200,7 +200,7 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: boo
     # output: fresh, resumed or overwritten
     resume_from = None
     if config.resume:
-        resume_from = latest_checkpoint(output_uri)
+        resume_from = load_latest(output_uri)
         if resume_from is None:
             raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, layout.CHECKPOINTS_DIR)} to "
                               "continue from; run without --resume to start training")
@@ -244,7 +244,7 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bo
         trainer = Trainer(config, model, train_data, val_data, ctx, output_uri,
                           digit_ids=digit_token_ids(tokenizer))
         if resume_from is not None:
-            trainer.restore(resume_from)
+            trainer.restore(*resume_from)
         elif ctx.is_main:
             config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
         outcome = trainer.train()
