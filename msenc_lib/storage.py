@@ -786,13 +786,20 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
 def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> list[str]:
     """Copy a file or folder/prefix to the folder/prefix ``dst`` (any mix of local and s3://), atomically
     like every output. Returns the copied files' paths relative to ``dst``."""
-    with local_copy(src) as here, publish(dst, overwrite=overwrite) as staging:
-        if here.is_dir():
-            shutil.copytree(here, staging, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns(CLAIM, PUBLISHED_MARKER))
-        else:
-            shutil.copy2(here, staging / here.name)
+    with publish(dst, overwrite=overwrite) as staging:
+        stage_copy(src, staging)
         return sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+
+
+def stage_copy(src: str | os.PathLike, dest: Path) -> None:
+    """Copy the file or folder/prefix ``src`` into the local folder ``dest`` (a file keeps its name), without
+    its claim or published marker."""
+    with local_copy(src) as here:
+        dest.mkdir(parents=True, exist_ok=True)
+        if here.is_dir():
+            shutil.copytree(here, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CLAIM, PUBLISHED_MARKER))
+        else:
+            shutil.copy2(here, dest / here.name)
 
 
 # ----------------------------------------------------------------------------------------------- publish

@@ -22,7 +22,8 @@ def export(
         from msenc_lib.export import ExportConfig, run_export
 
         artifacts = {"model": model.path, "embeddings": embeddings.path, "evaluation": evaluation.path}
-        return run_export(ExportConfig(), artifacts, export_uri, run_name).run_uri
+        # a retry of this step replaces the unfinished or earlier export of the same run
+        return run_export(ExportConfig(), artifacts, export_uri, run_name, overwrite=True).run_uri
 
 
 def build(image: str = DEFAULT_IMAGE):
