@@ -803,7 +803,7 @@ def stage_copy(src: str | os.PathLike, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- publish
-def _check_output_free(uri: str, overwrite: bool) -> None:
+def check_output_free(uri: str, overwrite: bool) -> None:
     """Before a stage starts: refuse an existing output (unless ``overwrite``) or one another live run is
     writing; the unfinished output of a writer that is gone will be replaced."""
     if is_s3(uri):
@@ -850,7 +850,7 @@ def publish(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     run that finishes after the first finds the output there and fails (:class:`OutputExistsError`).
     """
     uri = str(uri).rstrip("/") or str(uri)
-    _check_output_free(uri, overwrite)
+    check_output_free(uri, overwrite)
     if is_s3(uri):
         with tempfile.TemporaryDirectory(prefix="msenc-out-") as tmp:
             staging = Path(tmp) / "out"

@@ -211,9 +211,9 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: boo
         try:
             existing = storage.list_files(output_uri)
         except IncompleteOutputError:
-            raise OutputExistsError(f"{output_uri}: a training run is writing this output or was interrupted: "
-                                    "use --resume to continue it, --overwrite to replace it, or another "
-                                    "output") from None
+            raise OutputExistsError(f"{output_uri}: another training run is writing this output, or was "
+                                    "interrupted: use --resume to continue it, --overwrite to replace it, or "
+                                    "another output") from None
         if existing:
             raise OutputExistsError(f"output already exists and is not empty: {output_uri} (use --resume to "
                                     "continue its training, --overwrite to replace it, or another output)")
@@ -306,5 +306,7 @@ def _save_final(trainer, config: TrainConfig, tokenizer_dir: Path, output_uri: s
         files.sort(key=lambda p: p.name == layout.MODEL_CONFIG)  # the "model is complete" marker goes last
         for path in files:
             storage.write_bytes(storage.join(output_uri, path.relative_to(tmp_path).as_posix()), path.read_bytes())
-    config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
+    # the settings that train this model again from scratch: resume/stop_after only steered this run, so an
+    # interrupted and resumed run saves the same file as an uninterrupted one
+    config.model_copy(update={"resume": False, "stop_after": None}).save(storage.join(output_uri, layout.TRAIN_CONFIG))
     trainer.metrics.flush()
