@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -57,6 +58,7 @@ class Server:
     def start(self):
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
 
@@ -157,6 +159,10 @@ def rerun(stage: str, spec: dict) -> dict:
     return {"argv": [*spec["argv"], "--resume"]} if stage == "train" else spec
 
 
+def completes(stage: str) -> str:
+    return "--resume completes" if stage == "train" else "rerun completes"
+
+
 def snapshot(uri: str, stage: str = "") -> dict[str, bytes]:
     """Every file of an output (markers included) by relative name, minus the files that carry timings."""
     skip = TIMING_FILES.get(stage, ())
@@ -187,6 +193,14 @@ def assert_not_visible(uri: str) -> None:
     except IncompleteOutputError:
         return
     assert files == [], f"partial output visible at {uri}: {files[:5]}"
+
+
+def assert_unfinished_then_rerun(stage: str, spec: dict, out: str, reference: dict[str, bytes]) -> None:
+    """The interrupted output is invisible; the rerun completes it as an undisturbed run would have."""
+    assert_not_visible(out)
+    code, err = run_in_process(rerun(stage, spec))
+    assert code == 0, err[-3000:]
+    assert snapshot(out, stage) == reference
 
 
 def assert_one_line(code: int, stderr: str, expected_code: int, *fragments: str) -> str:
@@ -231,34 +245,29 @@ def matrix(request):
         reporter.write_line("\nfault matrix (stage x fault -> outcome):\n" + m.table())
 
 
-def out_uri(inputs: dict, fault: str, stage: str) -> str:
-    return f"s3://{inputs['bucket']}/out/{fault}/{stage}" + ("/run-1" if stage == "export" else "")
+def cell(inputs: dict, fault: str, stage: str) -> tuple[dict, str, dict]:
+    """The inputs as they are before the cell runs, its output location and the stage run."""
+    out = f"s3://{inputs['bucket']}/out/{fault}/{stage}" + ("/run-1" if stage == "export" else "")
+    return inputs_snapshot(inputs), out, stage_spec(stage, inputs, out)
 
 
 # ------------------------------------------------------------------------------------------- the cells
 @pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_mid_publish_then_rerun(stage, inputs, references, env, matrix):
     """SIGKILL right after the first file (train: the second checkpoint's state) reached the object store."""
-    before = inputs_snapshot(inputs)
-    out = out_uri(inputs, "kill", stage)
-    spec = stage_spec(stage, inputs, out)
+    before, out, spec = cell(inputs, "kill", stage)
     n = "2" if stage == "train" else "1"
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "fault_runner.py"), "kill-after-upload", n,
                            json.dumps(spec)], env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
-    assert_not_visible(out)
-    code, err = run_in_process(rerun(stage, spec))
-    assert code == 0, err[-3000:]
-    assert snapshot(out, stage) == references[stage]
-    assert inputs_snapshot(inputs) == before
-    matrix.cells[(stage, "kill -9, rerun")] = "rerun completes"
+    assert_unfinished_then_rerun(stage, spec, out, references[stage])
+    assert inputs_snapshot(inputs) == before  # nothing read was changed
+    matrix.cells[(stage, "kill -9, rerun")] = completes(stage)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_object_store_stopped_mid_run_then_restarted(stage, inputs, references, server, matrix):
-    before = inputs_snapshot(inputs)
-    out = out_uri(inputs, "down", stage)
-    spec = stage_spec(stage, inputs, out)
+    before, out, spec = cell(inputs, "down", stage)
     client = storage.s3_client()
     real, calls = client.upload_file, {"n": 0}
     stop_after = 2 if stage == "train" else 1
@@ -278,19 +287,14 @@ def test_object_store_stopped_mid_run_then_restarted(stage, inputs, references, 
             server.start()
     assert calls["n"] >= stop_after
     assert_one_line(code, err, EXIT_TRANSIENT, "cannot reach the object store", server.endpoint, "rerun")
-    assert_not_visible(out)
-    code, err = run_in_process(rerun(stage, spec))
-    assert code == 0, err[-3000:]
-    assert snapshot(out, stage) == references[stage]
+    assert_unfinished_then_rerun(stage, spec, out, references[stage])
     assert inputs_snapshot(inputs) == before
-    matrix.cells[(stage, "S3 down, restarted")] = "exit 138, one line; rerun completes"
+    matrix.cells[(stage, "S3 down, restarted")] = "exit 138, one line; " + completes(stage)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_credentials_removed(stage, inputs, monkeypatch, matrix, tmp_path):
-    before = inputs_snapshot(inputs)
-    out = out_uri(inputs, "nocreds", stage)
-    spec = stage_spec(stage, inputs, out)
+    before, out, spec = cell(inputs, "nocreds", stage)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -341,12 +345,10 @@ def test_read_only_output_location(inputs, env, matrix, tmp_path):
 def test_corrupt_newest_checkpoint(inputs, references, matrix):
     """train only (the other stages keep no checkpoints): the newest checkpoint's state truncated, then
     --resume continues from the one before and ends with the undisturbed run's model."""
-    before = inputs_snapshot(inputs)
-    out = out_uri(inputs, "corrupt", "train")
-    spec = stage_spec("train", inputs, out)
-    code, err = run_in_process({"argv": [*spec["argv"], "--stop-after", "4"]})
+    before, out, spec = cell(inputs, "corrupt", "train")
+    code, err = run_in_process({"argv": [*spec["argv"], "--stop-after", "3"]})  # checkpoints 2 and 3
     assert code == 0, err[-3000:]
-    bucket, key = storage.split_s3(storage.join(out, "checkpoints", "step-00000004", "state.pt"))
+    bucket, key = storage.split_s3(storage.join(out, "checkpoints", "step-00000003", "state.pt"))
     data = storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     storage.s3_client().put_object(Bucket=bucket, Key=key, Body=data[: len(data) // 3])
     assert_not_visible(out)  # stopped early: the model is unfinished
@@ -364,9 +366,7 @@ def test_concurrent_second_writer(stage, inputs, references, matrix):
     """A second run on the same output while the first is uploading: the CLI's second run stops with its
     one-line error (the first completes); the export component, which replaces its own step's earlier
     attempt, lets both complete with the same output."""
-    before = inputs_snapshot(inputs)
-    out = out_uri(inputs, "concurrent", stage)
-    spec = stage_spec(stage, inputs, out)
+    before, out, spec = cell(inputs, "concurrent", stage)
     client = storage.s3_client()
     real = client.upload_file
     uploading, go_on = threading.Event(), threading.Event()
