@@ -176,3 +176,20 @@ def test_live_writer_claim_stops_a_second_writer(s3):
     finally:
         storage.release_claim(s3.uri("busy"), holder)
     assert s3.keys("busy/") == []
+
+
+def test_killed_local_publish_leaves_no_output_and_its_staging_is_cleared(tmp_path):
+    """SIGKILL after the staging folder is filled, before the rename: nothing at the output; the next publish
+    beside it removes the dead writer's staging folder."""
+    out = tmp_path / "out"
+    code = ("import os, signal; from msenc_lib import storage\n"
+            f"with storage.publish({str(out)!r}) as staging:\n"
+            "    (staging / 'a.txt').write_text('a')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9 and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]  # the dead writer's staging
+    with storage.publish(out) as staging:
+        (staging / "b.txt").write_text("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert storage.list_files(out) == [str(out / "b.txt")]
