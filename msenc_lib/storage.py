@@ -919,7 +919,8 @@ def _commit_s3(staging: Path, uri: str, overwrite: bool) -> None:
     except BaseException as failure:
         abandon_claim(holder)
         with contextlib.suppress(Exception):  # nothing of this run's left: no need to mark the prefix unfinished
-            if isinstance(failure, OutputExistsError) or not [k for k in _s3_keys(bucket, prefix) if k != prefix + CLAIM]:
+            left = [k for k in _s3_keys(bucket, prefix) if k != prefix + CLAIM]
+            if isinstance(failure, OutputExistsError) or not left:
                 _remove_claim(uri, holder)
         raise
     with contextlib.suppress(StorageError):  # published; a claim left behind is taken over by the next writer
