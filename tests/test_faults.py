@@ -33,6 +33,9 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["--progress", "false"]
+# one task, feature set and model: the faults do not depend on how much evaluate computes
+EVALUATE = ["--plots", "false", "--first-cycles", "20", "--horizon", "5", "--cv-folds", "2", "--tasks", "cycle_life",
+            "--feature-sets", "embedding", "--models", "elastic_net", "--en-alphas", "0.1"]
 TRAIN = ["--preset", "tiny", "--context-length", "256", "--max-steps", "4", "--save-every", "2", "--eval-every",
          "0", "--log-every", "1", "--precision", "fp32", "--batch-size", "2"]
 STAGES = ("generate-data", "ingest", "preprocess", "split", "train", "embed", "evaluate", "export")
@@ -98,7 +101,8 @@ def inputs(env, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fault-inputs")
     steps = [
-        ["generate-data", "--size", "tiny", "--n-cells", "6", "--output-dir", str(root / "unified")],
+        ["generate-data", "--size", "tiny", "--n-cells", "6", "--last-cycle", "30", "--output-dir",
+         str(root / "unified")],
         ["preprocess", "--input", str(root / "unified"), "--output-dir", str(root / "pre")],
         ["preprocess", "--input", str(root / "unified"), "--output-dir", str(root / "pre-emb"),
          "--is-training-shuffled", "false"],
@@ -108,8 +112,7 @@ def inputs(env, tmp_path_factory):
         ["embed", "--data-dir", str(root / "pre-emb"), "--model-dir", str(root / "model"), "--unified-dir",
          str(root / "unified"), "--output-dir", str(root / "emb")],
         ["evaluate", "--embeddings-dir", str(root / "emb"), "--unified-dir", str(root / "unified"),
-         "--split-config", str(root / "split"), "--output-dir", str(root / "eval"), "--plots", "false",
-         "--first-cycles", "20", "--horizon", "5", "--cv-folds", "2"],
+         "--split-config", str(root / "split"), "--output-dir", str(root / "eval"), *EVALUATE],
     ]
     for argv in steps:
         assert main([*argv, *QUIET]) == 0, argv
@@ -134,7 +137,7 @@ def stage_spec(stage: str, inputs: dict, out: str) -> dict:
         "train": ["train", "--data-dir", i["split"], *TRAIN],
         "embed": ["embed", "--data-dir", i["pre-emb"], "--model-dir", i["model"], "--unified-dir", i["unified"]],
         "evaluate": ["evaluate", "--embeddings-dir", i["emb"], "--unified-dir", i["unified"], "--split-config",
-                     i["split"], "--plots", "false", "--first-cycles", "20", "--horizon", "5", "--cv-folds", "2"],
+                     i["split"], *EVALUATE],
     }.get(stage)
     if argv is not None:
         return {"argv": [*argv, "--output-dir", out, *QUIET]}
