@@ -387,8 +387,9 @@ def test_existing_output_needs_overwrite(handbuilt, tmp_path):
         run_evaluate(cfg, str(root / "emb"), str(root / "unified"), str(split), str(tmp_path / "o"))
     assert (tmp_path / "o" / "keep.txt").exists()
     run_evaluate(cfg, str(root / "emb"), str(root / "unified"), str(split), str(tmp_path / "o"), overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "evaluate_config.yaml", "metrics.json", "predictions_capacity.parquet", "report.html"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [  # the published marker, then the files
+        storage.PUBLISHED_MARKER, "evaluate_config.yaml", "metrics.json", "predictions_capacity.parquet",
+        "report.html"]
 
 
 # ------------------------------------------------------------------------------------------- CLI, S3
