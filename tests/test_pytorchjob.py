@@ -228,7 +228,7 @@ def test_kfp_minio_artifact_uris_and_mirror_paths_become_s3_uris():
     assert cfg.data_uri == "s3://mlpipeline/v2/artifacts/run/split"
     command = render_pytorchjob(cfg)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
         "command"]
-    assert command[3:] == ["--data-dir", "s3://mlpipeline/v2/artifacts/run/split", "--output-dir",
+    assert command[4:] == ["--data-dir", "s3://mlpipeline/v2/artifacts/run/split", "--output-dir",
                            "s3://mlpipeline/v2/m", "--config", "s3://mlpipeline/v2/m-config/train_config.yaml"]
     assert not any("minio" in a for a in command)
 
@@ -707,10 +707,10 @@ def test_train_step_hands_the_job_s3_uris_for_a_minio_model_artifact(s3, tmp_pat
     assert result.model_uri == f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/train/model"
     (job,) = fake.created
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-    assert command[3:9] == ["--data-dir", f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/split/subsets", "--output-dir",
+    assert command[4:10] == ["--data-dir", f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/split/subsets", "--output-dir",
                             f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/train/model", "--config",
                             f"s3://{s3.bucket}/v2/artifacts/msenc/run-1/train/model-config/train_config.yaml"]
-    saved = TrainConfig.load(command[8], environ={})
+    saved = TrainConfig.load(command[command.index("--config") + 1], environ={})
     assert (saved.preset, saved.max_steps) == ("tiny", 2)
     spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert spec["nodeSelector"] == {"pool": "gpu"} and job["metadata"]["labels"]["msenc/run-id"] == "run-1"
