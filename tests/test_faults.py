@@ -85,12 +85,19 @@ def env(server):
     values = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
               "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2", "AWS_EC2_METADATA_DISABLED": "true",
               "OMP_NUM_THREADS": "1"}
+    import torch
+
+    threads = torch.get_num_threads()
+    # one thread here as in the subprocesses (OMP_NUM_THREADS): a run resumed here from a checkpoint written
+    # there must compute its float reductions alike to end bit-identical
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in values.items():
             mp.setenv(key, value)
         for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
             mp.delenv(key, raising=False)
         yield dict(values)
+    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------- the stages
