@@ -250,8 +250,10 @@ def matrix(request):
     m = Matrix()
     yield m
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
     if reporter is not None and m.cells:
-        reporter.write_line("\nfault matrix (stage x fault -> outcome):\n" + m.table())
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line("\nfault matrix (stage x fault -> outcome):\n" + m.table())
 
 
 def cell(inputs: dict, fault: str, stage: str) -> tuple[dict, str, dict]:
