@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from msenc_lib import layout, storage
+from msenc_lib.data.repair import RepairLog
 from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, NUMERIC_COLUMNS
 from msenc_lib.data.validate import ROW_MEANING, UnifiedValidator, ValidationReport
 from msenc_lib.errors import InputDataError
@@ -192,12 +193,12 @@ def base_csv_types(names: list[str]) -> dict[str, pa.DataType]:
 class _Validated:
     """A sink that validates and normalises the batches of one read attempt before handing them on."""
 
-    def __init__(self, source: str, names: list[str], sink: Sink, allow_nan: bool):
-        self.source, self.names, self.sink, self.allow_nan = source, names, sink, allow_nan
+    def __init__(self, source: str, names: list[str], sink: Sink, allow_nan: bool, strict: bool):
+        self.source, self.names, self.sink, self.allow_nan, self.strict = source, names, sink, allow_nan, strict
         self.restart()
 
     def restart(self) -> None:
-        self.validator = UnifiedValidator(self.source, allow_nan=self.allow_nan)
+        self.validator = UnifiedValidator(self.source, allow_nan=self.allow_nan, strict=self.strict)
         self.validator.check_columns(self.names)
         self.offset = 0
 
@@ -207,11 +208,13 @@ class _Validated:
 
 
 def read_csv_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan: bool = False,
-                  block_size: int = DEFAULT_CSV_BLOCK, on_retry: Callable[[], None] | None = None) -> ValidationReport:
-    """Stream one unified CSV into ``sink`` (validated, normalised batches). ``on_retry`` is called before a
-    re-read so the caller can discard what the first attempt handed on."""
+                  strict: bool = False, repairs: RepairLog | None = None, block_size: int = DEFAULT_CSV_BLOCK,
+                  on_retry: Callable[[], None] | None = None) -> ValidationReport:
+    """Stream one unified CSV into ``sink`` (validated, repaired, normalised batches; repairs added to
+    ``repairs``, or an error under ``strict``). ``on_retry`` is called before a re-read so the caller can discard
+    what the first attempt handed on."""
     names = read_columns(path, "csv", source)
-    validated = _Validated(source, names, sink, allow_nan)  # fails on missing columns before reading any data
+    validated = _Validated(source, names, sink, allow_nan, strict)  # fails on missing columns before reading any data
 
     def retry() -> None:
         if on_retry:
@@ -220,6 +223,8 @@ def read_csv_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan
 
     read_csv(path, source, validated, fixed=base_csv_types(names), block_size=block_size, strict=NUMERIC_COLUMNS,
              on_retry=retry)
+    if repairs is not None:
+        repairs.merge(validated.validator.repairs)
     return validated.validator.report
 
 
@@ -230,20 +235,23 @@ def _pandas_index_columns(pf: pq.ParquetFile) -> list[str]:
 
 
 def read_parquet_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan: bool = False,
+                      strict: bool = False, repairs: RepairLog | None = None,
                       batch_size: int = DEFAULT_PARQUET_BATCH) -> ValidationReport:
-    """Stream one Parquet file (unified columns) into ``sink`` in row batches."""
+    """Stream one Parquet file (unified columns) into ``sink`` in row batches (as :func:`read_csv_file`)."""
     try:
         pf = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise InputDataError(f"{source}: not a readable Parquet file: {e}") from None
     drop = set(_pandas_index_columns(pf))
     names = [n for n in pf.schema_arrow.names if n not in drop]
-    validator = UnifiedValidator(source, allow_nan=allow_nan)
+    validator = UnifiedValidator(source, allow_nan=allow_nan, strict=strict)
     validator.check_columns(names)
     offset = 0
     for batch in pf.iter_batches(batch_size=batch_size, columns=names):
         sink(validator.validate_batch(batch, offset))
         offset += batch.num_rows
+    if repairs is not None:
+        repairs.merge(validator.repairs)
     return validator.report
 
 
