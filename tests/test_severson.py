@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from msenc_lib.data import severson
-from msenc_lib.data.schema import IR_COLUMN, UNIFIED_COLUMNS
+from msenc_lib.data.schema import IR_COLUMN, METADATA_COLUMNS, UNIFIED_COLUMNS
 from msenc_lib.data.validate import ValidationReport
 from msenc_lib.errors import InputDataError
 from msenc_lib.ingest import IngestConfig, run_ingest
@@ -151,7 +151,7 @@ def test_mat_reader_gives_the_pickle_structure(mat_dir, batches):
         assert list(mb) == list(batches[1])
         cell, want = mb["b1c3"], batches[1]["b1c3"]
         assert cell["charge_policy"] == want["charge_policy"]
-        assert np.asarray(cell["cycle_life"]).shape == (1, 1) and cell["cycle_life"][0][0] == want["cycle_life"][0][0]
+        assert cell["cycle_life"].tolist() == [want["cycle_life"][0][0]]
         assert set(cell["summary"]) == set(want["summary"])
         np.testing.assert_array_equal(cell["summary"]["IR"], want["summary"]["IR"])
         assert list(cell["cycles"]) == ["0", "1", "2"]
@@ -208,8 +208,11 @@ def test_rows_follow_the_unified_csv_rule(batches):
     report = ValidationReport(source="t")
     cell = batches[3]["b3c1"]
     table = severson.cell_to_table("b3c1", cell, 3, "batch3.pkl", report)
-    assert table.column_names == UNIFIED_COLUMNS
-    got = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    assert table.column_names == UNIFIED_COLUMNS + METADATA_COLUMNS
+    assert table.select(METADATA_COLUMNS).to_pylist()[0] == {
+        "dataset": "MATR", "chemistry": "LFP", "nominal_capacity": 1.1, "form_factor": "cylindrical_18650",
+        "ambient_temperature": 30.0}
+    got = table.select(UNIFIED_COLUMNS).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     want = expected_rows(cell, "b3c1", 3)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     # empty dQdV past the array: cycle 0 has none, later cycles 5 of 8 / 9 rows
@@ -227,7 +230,7 @@ def test_missing_cycle_life_becomes_null_with_a_warning(batches):
 def test_internal_resistance_column_on_request(batches):
     cell = batches[1]["b1c5"]
     table = severson.cell_to_table("b1c5", cell, 1, "b.pkl", ValidationReport(source="t"), include_ir=True)
-    assert table.column_names == UNIFIED_COLUMNS + [IR_COLUMN]
+    assert table.column_names == UNIFIED_COLUMNS + METADATA_COLUMNS + [IR_COLUMN]
     df = table.to_pandas()
     for j, ir in enumerate(cell["summary"]["IR"]):
         assert set(df.loc[df.cycle_number == j, IR_COLUMN]) == {ir}
@@ -235,8 +238,10 @@ def test_internal_resistance_column_on_request(batches):
 
 def test_bad_policy_and_bad_arrays_name_the_cell(batches):
     cell = dict(batches[1]["b1c1"], charge_policy="fast please")
-    with pytest.raises(InputDataError, match=r"batch1\.pkl: cell b1c1: charge policy 'fast please'"):
-        severson.cell_to_table("b1c1", cell, 1, "batch1.pkl", ValidationReport(source="t"))
+    report = ValidationReport(source="t")
+    table = severson.cell_to_table("b1c1", cell, 1, "batch1.pkl", report)
+    assert table.column("charge_policy_Q1").null_count == table.num_rows
+    assert "cell b1c1: charge policy 'fast please'" in report.warnings[0].message
     cycles = {k: dict(v) for k, v in batches[1]["b1c1"]["cycles"].items()}
     cycles["2"]["t"] = cycles["2"]["t"][:3]
     cell = dict(batches[1]["b1c1"], cycles=cycles)
@@ -264,13 +269,17 @@ def test_ingest_mat_and_pickle_give_identical_parquet(mat_dir, pkl_dir, batches,
 
 
 def test_ingest_severson_bad_file_name_and_bad_file(tmp_path, batches):
-    write_pickle(tmp_path / "mydata.pkl", batches[3])
-    with pytest.raises(InputDataError, match="cannot tell the batch number"):
+    write_pickle(tmp_path / "mydata.pkl", {f"cell{i}": c for i, c in enumerate(batches[3].values())})
+    with pytest.raises(InputDataError, match=r"mydata\.pkl: a pickle that is neither .* first key is 'cell0'"):
         run_ingest(IngestConfig(progress=False), str(tmp_path / "mydata.pkl"), str(tmp_path / "out"))
+    with pytest.raises(InputDataError, match=r"mydata\.pkl: cannot tell which MATR batch"):
+        run_ingest(IngestConfig(progress=False, format="severson-pickle"), str(tmp_path / "mydata.pkl"),
+                   str(tmp_path / "out"))
     (tmp_path / "batch1.mat").write_bytes(b"not hdf5")
     with pytest.raises(InputDataError, match=r"batch1\.mat: not a MATLAB v7\.3"):
         run_ingest(IngestConfig(progress=False), str(tmp_path / "batch1.mat"), str(tmp_path / "out"))
     (tmp_path / "batch2.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(InputDataError, match=r"batch2\.pkl: cannot unpickle"):
-        run_ingest(IngestConfig(progress=False), str(tmp_path / "batch2.pkl"), str(tmp_path / "out"))
+    with pytest.raises(InputDataError, match=r"batch2\.pkl: not a pickle"):
+        run_ingest(IngestConfig(progress=False, format="severson-pickle"), str(tmp_path / "batch2.pkl"),
+                   str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
