@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from msenc_lib import layout, storage
-from msenc_lib.data.mapping import MAPPING_FILE, ColumnMapping, load_mapping
+from msenc_lib.data.mapping import MAPPING_FILE, ColumnMapping, load_mapping, read_header
 from msenc_lib.data.schema import REQUIRED_COLUMNS
 from msenc_lib.errors import InputDataError
 
@@ -101,6 +101,16 @@ def _header(head: bytes) -> list[str]:
     return [first.strip()]
 
 
+def _mapped_header(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None) -> list[str]:
+    """The header as the mapping's CSV options read it (delimiter, lines to skip); [] if it cannot."""
+    if mapping is None:
+        return []
+    try:
+        return read_header(local, mapping, uri)
+    except InputDataError:
+        return []
+
+
 def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = None) -> str | None:
     """The format of one input file (module doc); None for a file of no data kind. A data file of no known
     layout is an error naming the file and what is missing."""
@@ -132,7 +142,8 @@ def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = N
     lower = {c.lower() for c in header}
     if all(c in header for c in REQUIRED_COLUMNS):
         return "csv"
-    if mapping is not None and mapping.matches(header):
+    mapped_header = _mapped_header(local, uri, mapping)
+    if mapping is not None and mapping.matches(mapped_header):
         return "mapped"
     if _ARBIN <= lower:
         return "arbin"
@@ -145,7 +156,8 @@ def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = N
     if "[Summary]" in text[:4096]:
         return "novonix"
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    hint = (f"the column mapping {mapping.name or ''} needs {[c for c in mapping.source_columns() if c not in header]}"
+    hint = (f"the column mapping{' ' + mapping.name if mapping.name else ''} needs "
+            f"{[c for c in mapping.source_columns() if c not in mapped_header]}"
             if mapping is not None else "no column mapping given (--mapping FILE)")
     raise InputDataError(
         f"{uri}: cannot tell the format: the header {header[:12]} is not the unified table (missing {missing}), "

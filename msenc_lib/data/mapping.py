@@ -170,7 +170,11 @@ def load_mapping(text: str, source: str) -> ColumnMapping:
         raise ConfigError(f"{source}: a column mapping is a YAML mapping (see msenc_lib/data/mapping.py)")
     try:
         return ColumnMapping.model_validate(data)
-    except (ValidationError, InputDataError) as e:
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'mapping'}: {err['msg'].removeprefix('Value error, ')}"
+                             for err in e.errors())
+        raise ConfigError(f"{source}: invalid column mapping: {problems}") from None
+    except InputDataError as e:
         raise ConfigError(f"{source}: invalid column mapping: {e}") from None
 
 
