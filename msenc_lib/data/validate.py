@@ -39,6 +39,7 @@ from msenc_lib.data.schema import (
     CYCLE_COLUMN,
     ID_COLUMN,
     INTEGER_COLUMNS,
+    METADATA_COLUMNS,
     METADATA_FLOAT_COLUMNS,
     METADATA_TEXT_COLUMNS,
     NUMERIC_COLUMNS,
@@ -186,7 +187,7 @@ class UnifiedValidator:
         absent = [c for c in OPTIONAL_COLUMNS if c not in names]
         if absent:
             self.report.add(MISSING_OPTIONAL, 1, f"optional column(s) {absent} absent (left absent)")
-        extra = [c for c in names if c not in UNIFIED_COLUMNS]
+        extra = [c for c in names if c not in UNIFIED_COLUMNS and c not in METADATA_COLUMNS]
         if extra:
             self.report.add(EXTRA_COLUMNS, 1, f"extra column(s) {extra} kept after the canonical columns")
         self._columns = canonical_order(list(names))
