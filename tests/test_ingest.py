@@ -204,3 +204,17 @@ def test_cell_keys_that_are_not_file_names(small, tmp_path):
     assert len(pd.read_parquet(tmp_path / "out")) == len(df)  # none hidden from pandas
     got = read_unified(str(tmp_path / "out"), cells=["_hidden"])
     assert set(got.cell_key) == {"_hidden"} and len(got) == int((df.cell_key == "_hidden").sum())
+
+
+def test_identifier_codes_keep_every_digit_through_csv_and_parquet(small, tmp_path):
+    df = small.copy()
+    df["charge_policy"] = "12345678901234567890"  # beep-data-utils' 20-digit policy codes
+    df["channel"] = "007"
+    df["internal_resistance"] = 0.0155
+    df.to_csv(tmp_path / "codes.csv", index=False)
+    df.to_parquet(tmp_path / "codes.parquet")
+    for name in ("codes.csv", "codes.parquet"):
+        run_ingest(CFG, str(tmp_path / name), str(tmp_path / name.replace(".", "-")))
+        back = pd.read_parquet(tmp_path / name.replace(".", "-"))
+        assert set(back.charge_policy) == {"12345678901234567890"} and set(back.channel) == {"007"}, name
+        assert back.internal_resistance.dtype == "float64" and set(back.internal_resistance) == {0.0155}, name

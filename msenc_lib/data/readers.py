@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from msenc_lib import layout, storage
 from msenc_lib.data.repair import RepairLog
-from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, NUMERIC_COLUMNS
+from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, NUMERIC_COLUMNS, UNIFIED_COLUMNS
 from msenc_lib.data.validate import ROW_MEANING, UnifiedValidator, ValidationReport
 from msenc_lib.errors import InputDataError
 
@@ -221,8 +221,10 @@ def read_csv_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan
             on_retry()
         validated.restart()
 
-    read_csv(path, source, validated, fixed=base_csv_types(names), block_size=block_size, strict=NUMERIC_COLUMNS,
-             on_retry=retry)
+    # extra columns as text: the validator turns them into numbers only where no digit is lost (identifiers)
+    extras = {n: pa.string() for n in names if n not in UNIFIED_COLUMNS}
+    read_csv(path, source, validated, fixed={**base_csv_types(names), **extras}, block_size=block_size,
+             strict=NUMERIC_COLUMNS, on_retry=retry)
     if repairs is not None:
         repairs.merge(validated.validator.repairs)
     return validated.validator.report
