@@ -52,7 +52,7 @@ IR_COLUMN = "internal_resistance"
 
 # Per-cell metadata, appended after the 16 columns in this order (constant within a cell; null = unknown).
 METADATA_COLUMNS: list[str] = [
-    "dataset",              # source dataset: MATR, HUST, CALCE, SNL, ..., "synthetic" for generate-data
+    "dataset",              # source dataset: MATR, HUST, CALCE, SNL, ... (a mapping or --metadata names others)
     "chemistry",            # cathode chemistry, e.g. LFP, NMC, NCA, LCO
     "nominal_capacity",     # Ah
     "form_factor",          # e.g. cylindrical_18650, pouch, prismatic
