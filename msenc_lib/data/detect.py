@@ -32,8 +32,9 @@ import pickletools
 import re
 from dataclasses import dataclass, field
 
-from msenc_lib import layout, storage
+from msenc_lib import storage
 from msenc_lib.data.mapping import MAPPING_FILE, ColumnMapping, load_mapping, read_header
+from msenc_lib.data.readers import list_inputs
 from msenc_lib.data.schema import REQUIRED_COLUMNS
 from msenc_lib.errors import InputDataError
 
@@ -188,11 +189,7 @@ def classify_inputs(input_uri: str, fmt: str = "auto", mapping_uri: str | None =
     if fmt != "auto" and fmt not in FORMATS:
         raise InputDataError(f"unknown input format {fmt!r} (choose from {['auto', *FORMATS]})")
     input_uri = str(input_uri)
-    files = storage.expand(input_uri)
-    if not files:
-        raise InputDataError(f"no input files found at {input_uri}")
-    if storage.is_dir(input_uri):
-        files = [f for f in files if not layout.is_hidden(layout.relative_to(f, input_uri))]
+    files = list_inputs(input_uri)
     out = Inputs()
     mapping_files = [f for f in files if storage.basename(f) == MAPPING_FILE]
     if mapping_uri:

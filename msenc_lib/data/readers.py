@@ -50,20 +50,25 @@ def format_of(path: str) -> str | None:
     return None
 
 
-def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, list[str]]:
-    """Files named by a path/folder/glob, their format, and files skipped (other formats, ``_*``/``.*``).
-
-    In a folder, names starting with ``_`` or ``.`` (manifests, the ``_csv`` export, staging folders)
-    are skipped, so a unified output directory can itself be an input.
-    """
-    if fmt not in FORMATS:
-        raise InputDataError(f"unknown input format {fmt!r} (choose from {FORMATS})")
+def list_inputs(input_uri: str) -> list[str]:
+    """Files named by a path/folder/glob (local or s3://). In a folder, names starting with ``_`` or ``.``
+    (manifests, the ``_csv`` export, staging folders) are skipped, so a unified output directory can itself be
+    an input."""
     input_uri = str(input_uri)
     files = storage.expand(input_uri)
     if not files:
         raise InputDataError(f"no input files found at {input_uri}")
     if storage.is_dir(input_uri):
         files = [f for f in files if not layout.is_hidden(layout.relative_to(f, input_uri))]
+    return files
+
+
+def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, list[str]]:
+    """Files named by a path/folder/glob (:func:`list_inputs`), their format, and files of other formats."""
+    if fmt not in FORMATS:
+        raise InputDataError(f"unknown input format {fmt!r} (choose from {FORMATS})")
+    input_uri = str(input_uri)
+    files = list_inputs(input_uri)
     kinds = {f: format_of(f) for f in files}
     if fmt == "auto":
         found = sorted({k for k in kinds.values() if k})
@@ -258,6 +263,6 @@ def read_parquet_file(path: str | os.PathLike, source: str, sink: Sink, *, allow
 
 
 __all__ = [
-    "FORMATS", "FORMAT_EXTENSIONS", "format_of", "resolve_inputs", "open_csv", "read_columns", "read_csv",
+    "FORMATS", "FORMAT_EXTENSIONS", "format_of", "list_inputs", "resolve_inputs", "open_csv", "read_columns", "read_csv",
     "csv_types_by_scan", "read_csv_file", "read_parquet_file",
 ]
