@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from msenc_lib.data.metadata import metadata_arrays
+from msenc_lib.data.metadata import constant, metadata_arrays
 from msenc_lib.data.policy import TAIL_RATE, window_quartiles
 from msenc_lib.data.schema import IR_COLUMN, UNIFIED_COLUMNS
 from msenc_lib.data.severson import MATR_METADATA, cycle_life_of
@@ -252,27 +252,24 @@ def cell_to_table(cell: dict, source: str, report: ValidationReport, include_ir:
     quartiles = protocol_quartiles(cell.get("charge_protocol"), nominal, dataset)
     discharge = discharge_policy_of(cell.get("discharge_protocol"))
 
-    def constant(value, typ) -> pa.Array:
-        return pa.nulls(n_rows, typ) if value is None else pa.array([value] * n_rows, typ)
-
     cycles = cat(cycle_numbers)
     temperature = cat(columns["temperature"])
     data = {
-        "cell_key": constant(cell_id, pa.string()),
+        "cell_key": constant(cell_id, n_rows, pa.string()),
         "cycle_number": pa.array(cycles if float_cycles else cycles.astype(np.int64)),
         "time": pa.array(cat(columns["time"])),
-        "cycle_life": constant(None if not np.isfinite(life) else int(life), pa.int64()),
-        "discharge_policy": constant(discharge, pa.int64()),
+        "cycle_life": constant(None if not np.isfinite(life) else int(life), n_rows, pa.int64()),
+        "discharge_policy": constant(discharge, n_rows, pa.int64()),
         "current": pa.array(cat(columns["current"])),
         "voltage": pa.array(cat(columns["voltage"])),
         "charge_capacity": pa.array(cat(columns["charge_capacity"])),
         "discharge_capacity": pa.array(cat(columns["discharge_capacity"])),
         "temperature": pa.array(temperature, mask=~np.isfinite(temperature)),
-        "batch_number": constant(int(batch[1]) if batch else None, pa.int64()),
+        "batch_number": constant(int(batch[1]) if batch else None, n_rows, pa.int64()),
         "discharge_dQdV": pa.nulls(n_rows, pa.float64()),
     }
     for i, q in enumerate(quartiles, 1):
-        data[f"charge_policy_Q{i}"] = constant(q, pa.float64())
+        data[f"charge_policy_Q{i}"] = constant(q, n_rows, pa.float64())
     assert list(data) == UNIFIED_COLUMNS
     data.update(metadata_arrays(n_rows, {
         "dataset": dataset, "chemistry": chemistry_of(cell.get("cathode_material")), "nominal_capacity": nominal,

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from msenc_lib.data.metadata import metadata_arrays
+from msenc_lib.data.metadata import constant, metadata_arrays
 from msenc_lib.data.schema import IR_COLUMN, UNIFIED_COLUMNS
 from msenc_lib.errors import InputDataError
 
@@ -112,7 +112,7 @@ def read_cycler_file(path: str | os.PathLike, source: str, fmt: str, include_ir:
     integral = bool(np.all(cycles[finite] == np.round(cycles[finite])))
     temperature = floats("temperature")
     data = {
-        "cell_key": pa.array([cell_key_of(source)] * n, pa.string()),
+        "cell_key": constant(cell_key_of(source), n, pa.string()),
         "cycle_number": (pa.array(np.where(finite, cycles, 0).astype(np.int64), mask=~finite) if integral
                          else pa.array(cycles)),
         "time": pa.array(floats("test_time")),

@@ -40,7 +40,7 @@ import pyarrow.csv as pacsv
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from msenc_lib.data.metadata import metadata_arrays
+from msenc_lib.data.metadata import constant, metadata_arrays
 from msenc_lib.data.policy import parse_charge_policy
 from msenc_lib.data.schema import IR_COLUMN, METADATA_COLUMNS, UNIFIED_COLUMNS
 from msenc_lib.errors import ConfigError, InputDataError
@@ -255,7 +255,7 @@ class MappedReader:
             keys = pc.utf8_trim_whitespace(batch.column(m.cell_key["column"]).cast(pa.string()))
         else:
             key = m.cell_key["value"] if isinstance(m.cell_key, dict) else self.file_key
-            keys = pa.array([key] * n, pa.string())
+            keys = constant(key, n, pa.string())
 
         def col(name: str, integer: bool = False) -> pa.Array:
             if name not in values:
@@ -274,7 +274,7 @@ class MappedReader:
         data["batch_number"] = pa.nulls(n, pa.int64())
         data["discharge_dQdV"] = col("discharge_dQdV")
         for i, q in enumerate(self.quartiles, 1):
-            data[f"charge_policy_Q{i}"] = pa.array([q] * n, pa.float64())
+            data[f"charge_policy_Q{i}"] = constant(q, n, pa.float64())
         assert list(data) == UNIFIED_COLUMNS
         data.update(metadata_arrays(n, m.metadata))
         if IR_COLUMN in values:

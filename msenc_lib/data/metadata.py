@@ -22,13 +22,14 @@ def metadata_type(name: str) -> pa.DataType:
     return pa.float64() if name in METADATA_FLOAT_COLUMNS else pa.string()
 
 
+def constant(value: Any, n_rows: int, typ: pa.DataType) -> pa.Array:
+    """``n_rows`` copies of ``value`` (nulls for None), built without a Python list."""
+    return pa.nulls(n_rows, typ) if value is None else pa.repeat(pa.scalar(value, typ), n_rows)
+
+
 def metadata_arrays(n_rows: int, values: Mapping[str, Any]) -> dict[str, pa.Array]:
     """The metadata columns of one cell, constant over its rows; null where unknown."""
-    out = {}
-    for name in METADATA_COLUMNS:
-        value, typ = values.get(name), metadata_type(name)
-        out[name] = pa.nulls(n_rows, typ) if value is None else pa.array([value] * n_rows, typ)
-    return out
+    return {name: constant(values.get(name), n_rows, metadata_type(name)) for name in METADATA_COLUMNS}
 
 
 def check_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,8 +59,7 @@ def fill_defaults(table: pa.Table, defaults: Mapping[str, Any]) -> pa.Table:
                 col = col.cast(scalar.type)
             table = table.set_column(table.column_names.index(name), name, pc.fill_null(col, scalar))
         else:
-            table = table.append_column(pa.field(name, scalar.type), pa.array([value] * table.num_rows,
-                                                                               scalar.type))
+            table = table.append_column(pa.field(name, scalar.type), constant(value, table.num_rows, scalar.type))
     return table
 
 
@@ -81,4 +81,4 @@ def normalize_capacity(table: pa.Table, source: str) -> pa.Table:
     return table
 
 
-__all__ = ["metadata_arrays", "metadata_type", "check_defaults", "fill_defaults", "normalize_capacity"]
+__all__ = ["constant", "metadata_arrays", "metadata_type", "check_defaults", "fill_defaults", "normalize_capacity"]

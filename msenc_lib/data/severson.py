@@ -50,7 +50,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from msenc_lib.data.metadata import metadata_arrays
+from msenc_lib.data.metadata import constant, metadata_arrays
 from msenc_lib.data.policy import parse_charge_policy
 from msenc_lib.data.repair import KNOWN_BAD_CYCLE, RepairLog
 from msenc_lib.data.schema import IR_COLUMN, UNIFIED_COLUMNS
@@ -487,7 +487,7 @@ def cell_to_table(key: str, cell: dict, batch_number: int, source: str, report: 
     life_arr = pa.nulls(n_rows, pa.int64()) if not np.isfinite(life) else pa.array(
         np.full(n_rows, int(life), dtype=np.int64))
     data = {
-        "cell_key": pa.array([key] * n_rows, pa.string()) if n_rows else pa.array([], pa.string()),
+        "cell_key": constant(key, n_rows, pa.string()),
         "cycle_number": pa.array(cat(cycle_numbers, np.int64)),
         "time": pa.array(cat(cols["t"])),
         "cycle_life": life_arr,
@@ -501,7 +501,7 @@ def cell_to_table(key: str, cell: dict, batch_number: int, source: str, report: 
         "discharge_dQdV": pa.array(cat(dqdv), mask=~cat(dqdv_valid, bool)),
     }
     for i, q in enumerate(quartiles, 1):
-        data[f"charge_policy_Q{i}"] = pa.array([q] * n_rows, pa.float64())
+        data[f"charge_policy_Q{i}"] = constant(q, n_rows, pa.float64())
     assert list(data) == UNIFIED_COLUMNS
     data.update(metadata_arrays(n_rows, MATR_METADATA))
     if include_ir:
