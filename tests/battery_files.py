@@ -181,3 +181,19 @@ def write_tri_arbin(path: Path, n_cycles: int = 3, rows: int = 10, seed: int = 0
                                                cur, volt, qc, qd, ec, ed, dvdt, ir, temp]))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+BATTERY_ARCHIVE_HEADER = ["Date_Time", "Test_Time (s)", "Cycle_Index", "Current (A)", "Voltage (V)",
+                          "Charge_Capacity (Ah)", "Discharge_Capacity (Ah)", "Charge_Energy (Wh)",
+                          "Discharge_Energy (Wh)", "Environment_Temperature (C)", "Cell_Temperature (C)"]
+
+
+def write_battery_archive(path: Path, n_cycles: int = 3, rows: int = 10, seed: int = 0) -> Path:
+    """A Battery Archive ``<cell id>_timeseries.csv`` (SNL, HNEI, UL-PUR, MICH publish this layout)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(BATTERY_ARCHIVE_HEADER)]
+    for r in arbin_rows(n_cycles, rows, seed):
+        _, date, t, _, cycle, _, cur, volt, qc, qd, ec, ed, _, _, temp = r
+        lines.append(",".join(str(v) for v in [date + ".000000", t, cycle, cur, volt, qc, qd, ec, ed, 25.0, temp]))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from battery_files import ARBIN_MAPPING, arbin_rows, write_arbin_mits, write_tri_arbin
+from battery_files import ARBIN_MAPPING, arbin_rows, write_arbin_mits, write_battery_archive, write_tri_arbin
 from msenc_lib.data.cyclers import beep_available
 from msenc_lib.data.detect import classify_inputs
 from msenc_lib.data.mapping import load_mapping
@@ -128,6 +128,23 @@ def test_tri_arbin_file_through_beep(tmp_path):
     np.testing.assert_allclose(df.voltage, src.Voltage)
     np.testing.assert_allclose(df.discharge_capacity, src.Discharge_Capacity)
     np.testing.assert_allclose(df.internal_resistance, src.Internal_Resistance)
+
+
+@needs_beep
+def test_battery_archive_file_through_beep_with_a_relative_path(tmp_path, monkeypatch):
+    path = write_battery_archive(tmp_path / "in" / "SNL_18650_LFP_25C_0-100_0.5-1C_a_timeseries.csv", seed=3)
+    monkeypatch.chdir(tmp_path)  # a relative input path stays valid while beep works in its scratch folder
+    result = run_ingest(IngestConfig(progress=False), "in", "out")
+    assert result.format == "battery-archive" and result.n_rows == 30
+    df = pd.read_parquet(tmp_path / "out")
+    src = pd.read_csv(path)
+    assert set(df.cell_key) == {"SNL_18650_LFP_25C_0-100_0.5-1C_a"}  # the id BatteryML gives this cell
+    np.testing.assert_allclose(df.time, src["Test_Time (s)"])
+    np.testing.assert_allclose(df.current, src["Current (A)"])
+    np.testing.assert_allclose(df.charge_capacity, src["Charge_Capacity (Ah)"])
+    np.testing.assert_allclose(df.temperature, src["Cell_Temperature (C)"], rtol=1e-6)
+    assert df.iloc[0][["dataset", "chemistry", "form_factor", "ambient_temperature"]].tolist() == [
+        "SNL", "LFP", "cylindrical_18650", 25.0]
 
 
 @needs_beep

@@ -92,6 +92,17 @@ def ambient_temperature_of(cell_id: str) -> float | None:
     return None
 
 
+def metadata_from_id(cell_id: str) -> dict[str, Any]:
+    """What a Battery Archive style id says (``SNL_18650_LFP_25C_0-100_0.5-1C_a``, ``MICH_BLForm1_pouch_NMC_45C_...``):
+    dataset, chemistry, form factor, test temperature; None where it does not say."""
+    tokens = cell_id.split("_")
+    chem = next((CHEMISTRY[t.lower()] for t in tokens[1:] if t.lower() in CHEMISTRY), None)
+    form = next(("cylindrical_" + t if t.isdigit() else t for t in tokens[1:] if t in ("18650", "21700", "26650",
+                                                                                       "pouch", "prismatic")), None)
+    return {"dataset": dataset_of(cell_id), "chemistry": chem, "form_factor": form,
+            "ambient_temperature": ambient_temperature_of(cell_id)}
+
+
 def _number(value: Any) -> float | None:
     try:
         f = float(value)
@@ -281,5 +292,5 @@ def cell_to_table(cell: dict, source: str, report: ValidationReport, include_ir:
     return cell_id, pa.table(data)
 
 
-__all__ = ["load_cell", "cell_to_table", "flavour", "protocol_quartiles", "read_labels", "is_labels_file",
+__all__ = ["metadata_from_id", "load_cell", "cell_to_table", "flavour", "protocol_quartiles", "read_labels", "is_labels_file",
            "dataset_of", "ambient_temperature_of", "chemistry_of"]

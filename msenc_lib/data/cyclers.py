@@ -5,7 +5,9 @@
 charge_capacity, discharge_capacity (Ah), temperature (°C), internal_resistance (ohm)``); msenc maps that onto
 the unified table: ``cell_key`` = the file name without extension, ``cycle_number`` = ``cycle_index``,
 ``time`` = ``test_time`` (seconds since the test started), current, voltage, capacities, temperature (null
-where the file has none), ``internal_resistance`` on request. The formats and beep's datapath for each:
+where the file has none), ``internal_resistance`` on request. Battery Archive files are named
+``<cell id>_timeseries.csv``: the cell key is the id, and the dataset, chemistry, form factor and test
+temperature the id spells (``SNL_18650_LFP_25C_...``) become the metadata columns. The formats and beep's datapath for each:
 
 =================  ========================  ====================================================
 format             beep class                file
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from msenc_lib.data.batteryml import metadata_from_id
 from msenc_lib.data.metadata import constant, metadata_arrays
 from msenc_lib.data.schema import IR_COLUMN, UNIFIED_COLUMNS
 from msenc_lib.errors import InputDataError
@@ -82,15 +85,17 @@ def cell_key_of(source: str) -> str:
     name = source.rsplit("/", 1)[-1]
     for ext in (".gz", ".bz2", ".zst"):
         name = name.removesuffix(ext)
-    return name.rsplit(".", 1)[0] if "." in name else name
+    name = name.rsplit(".", 1)[0] if "." in name else name
+    return name.removesuffix("_timeseries")  # Battery Archive: <cell id>_timeseries.csv
 
 
 def read_cycler_file(path: str | os.PathLike, source: str, fmt: str, include_ir: bool = False) -> pa.Table:
     """The unified rows of one cycler file parsed by beep (module doc); errors name the file."""
     cls = _datapath_class(fmt, source)
+    absolute = str(Path(path).resolve())  # before beep runs in its scratch working directory
     try:
         with _scratch_cwd():
-            datapath = cls.from_file(str(Path(path).resolve()))
+            datapath = cls.from_file(absolute)
     except InputDataError:
         raise
     except Exception as e:  # beep raises whatever pandas/h5py/its parsers raise on a file it cannot read
@@ -129,7 +134,7 @@ def read_cycler_file(path: str | os.PathLike, source: str, fmt: str, include_ir:
     for i in range(1, 5):
         data[f"charge_policy_Q{i}"] = pa.nulls(n, pa.float64())
     assert list(data) == UNIFIED_COLUMNS
-    data.update(metadata_arrays(n, {}))
+    data.update(metadata_arrays(n, metadata_from_id(cell_key_of(source)) if fmt == "battery-archive" else {}))
     if include_ir:
         ir = floats("internal_resistance")
         data[IR_COLUMN] = pa.array(ir, mask=~np.isfinite(ir))
