@@ -197,3 +197,29 @@ def write_battery_archive(path: Path, n_cycles: int = 3, rows: int = 10, seed: i
         lines.append(",".join(str(v) for v in [date + ".000000", t, cycle, cur, volt, qc, qd, ec, ed, 25.0, temp]))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+MACCOR_HEADER = (["Rec#", "Cyc#", "Step", "Test (Sec)", "Step (Sec)", "Amp-hr", "Watt-hr", "Amps", "Volts", "State", "ES",
+                  "DPt Time", "Loop1", "Loop2", "Loop3", "Loop4", "ACImp/Ohms", "DCIR/Ohms", "WF Chg Cap",
+                  "WF Dis Cap", "WF Chg E", "WF Dis E", "Range"] + [f"VAR{i}" for i in range(1, 16)])
+
+
+def write_maccor(path: Path, n_cycles: int = 3, rows_per_step: int = 4) -> Path:
+    """A Maccor text export (tab-separated; line 1 the test's metadata, line 2 the header; ``Amp-hr`` restarts
+    every step, ``State`` R/C/D, ``ES`` 133 at a step's end; the extension ``.0NN`` is the channel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line1 = ("Today's Date 10/10/2019  Date of Test:\t10/10/2019\t Filename:\tC:\\Data\\" + path.name +
+             " Procedure:\tPredictionDiagnostics_000151.000\tComment/Barcode: 00001E")
+    out, rec, t = [line1, "\t".join(MACCOR_HEADER)], 0, 0.0
+    for cycle in range(1, n_cycles + 1):
+        for step, state, amps in [(1, "R", 0.0), (2, "C", 1.1), (3, "D", -1.1)]:
+            for i in range(rows_per_step):
+                rec, t = rec + 1, t + 10
+                ah = 0.0 if state == "R" else 0.01 * (i + 1)
+                row = [rec, cycle, step, f"{t:.4f}", f"{10 * (i + 1):.4f}", f"{ah:.10f}", f"{ah * 3.3:.10f}",
+                       f"{amps:.10f}", f"{3.0 + 0.1 * i:.8f}", state, 133 if i == rows_per_step - 1 else 0,
+                       f"10/21/2019 23:{rec // 60:02d}:{rec % 60:02d}", 0, 0, 0, 0, "0.00000", "0.00000", "N/A",
+                       "N/A", "N/A", "N/A", 1] + ["0.00000"] * 15
+                out.append("\t".join(map(str, row)))
+    path.write_text("\n".join(out) + "\n")
+    return path

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from battery_files import ARBIN_MAPPING, arbin_rows, write_arbin_mits, write_battery_archive, write_tri_arbin
+from battery_files import (ARBIN_MAPPING, arbin_rows, write_arbin_mits, write_battery_archive, write_maccor,
+                           write_tri_arbin)
 from msenc_lib.data.cyclers import beep_available
 from msenc_lib.data.detect import classify_inputs
 from msenc_lib.data.mapping import load_mapping
@@ -145,6 +146,20 @@ def test_battery_archive_file_through_beep_with_a_relative_path(tmp_path, monkey
     np.testing.assert_allclose(df.temperature, src["Cell_Temperature (C)"], rtol=1e-6)
     assert df.iloc[0][["dataset", "chemistry", "form_factor", "ambient_temperature"]].tolist() == [
         "SNL", "LFP", "cylindrical_18650", 25.0]
+
+
+@needs_beep
+def test_maccor_export_through_beep(tmp_path):
+    write_maccor(tmp_path / "in" / "PredictionDiagnostics_000151_00001E.052", n_cycles=3, rows_per_step=4)
+    result = run_ingest(IngestConfig(progress=False), str(tmp_path / "in"), str(tmp_path / "out"))
+    assert result.format == "maccor" and result.n_rows == 36
+    df = pd.read_parquet(tmp_path / "out")
+    assert df.cycle_number.tolist() == [c for c in (1, 2, 3) for _ in range(12)]
+    np.testing.assert_allclose(df.time, np.arange(10, 370, 10))
+    np.testing.assert_allclose(df.current[:12], [0.0] * 4 + [1.1] * 4 + [-1.1] * 4)
+    # beep turns Maccor's per-step Amp-hr into charge / discharge capacity within the cycle
+    np.testing.assert_allclose(df.charge_capacity[:12], [0] * 4 + [0.01, 0.02, 0.03, 0.04] + [0.04] * 4)
+    np.testing.assert_allclose(df.discharge_capacity[:12], [0] * 8 + [0.01, 0.02, 0.03, 0.04])
 
 
 @needs_beep
