@@ -169,3 +169,18 @@ def test_beep_refusal_names_the_file(tmp_path):
     with pytest.raises(InputDataError, match=r"x_CH1\.csv: beep's ArbinDatapath"):
         run_ingest(IngestConfig(progress=False, format="arbin"), str(tmp_path / "in"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_without_beep_cycler_files_fail_with_the_install_hint_and_mappings_still_work(arbin_export, monkeypatch):
+    tmp_path, rows = arbin_export
+    for name in ("beep", "beep.structure"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)  # as if beep were not installed
+    assert not beep_available()
+    write_tri_arbin(tmp_path / "tri" / "FastCharge_000025_CH8.csv")
+    with pytest.raises(InputDataError, match=r"FastCharge_000025_CH8\.csv: reading arbin files needs the optional "
+                                             r"beep package .*pip install 'msenc\[cyclers\]'"):
+        run_ingest(IngestConfig(progress=False), str(tmp_path / "tri"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    result = run_ingest(IngestConfig(progress=False, mapping=str(tmp_path / "arbin.yaml")), str(tmp_path / "in"),
+                        str(tmp_path / "out"))
+    assert result.format == "mapped" and result.n_rows == len(rows)
