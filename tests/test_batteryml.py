@@ -187,3 +187,32 @@ def test_bad_processed_files_fail_naming_the_file_and_leave_nothing(tmp_path):
     (tmp_path / "d" / "MATR_labels.json").write_text(json.dumps({"MATR_b1c0.pkl": 100}))
     with pytest.raises(InputDataError, match=r"no files of a known format"):
         run_ingest(CFG, str(tmp_path / "d"), str(tmp_path / "out"))
+
+
+def test_writer_quirks_text_cycle_numbers_numpy_scalars_and_text_rates(tmp_path):
+    """BatteryML's ARBIN preprocessor (cycle numbers as text, numpy float32/int16 elements), BatteryLife's XJTU
+    (numpy float64 elements) and CALB (the rate 'stepcharge') load and map like plain values."""
+    arbin = batteryml_cell("ARBIN_cellA", seed=8, charge_protocol=[{"rate_in_C": "stepcharge", "start_soc": 0.0,
+                                                                  "end_soc": 1.0}])
+    for c in arbin["cycle_data"]:
+        c["cycle_number"] = str(c["cycle_number"])
+        c["voltage_in_V"] = [np.float32(v) for v in c["voltage_in_V"]]
+        c["step_index"] = [np.int16(1)] * len(c["current_in_A"])
+        c["internal_resistance_in_ohm"] = np.float32(0.02)
+    xjtu = batteryml_cell("XJTU_2C_battery-6", seed=9, flavour="batterylife", temperature=False)
+    for c in xjtu["cycle_data"]:
+        c["time_in_s"] = [np.float64(t) for t in c["time_in_s"]]
+    write_cell(tmp_path / "in", arbin, numpy1=True)
+    write_cell(tmp_path / "in", xjtu, numpy1=True)
+    result = run_ingest(IngestConfig(progress=False, include_internal_resistance=True), str(tmp_path / "in"),
+                        str(tmp_path / "out"))
+    assert result.n_cells == 2
+    df = pd.read_parquet(tmp_path / "out")
+    a = df[df.cell_key == "ARBIN_cellA"]
+    assert a.cycle_number.dtype == "int64" and sorted(a.cycle_number.unique()) == [1, 2, 3, 4]
+    np.testing.assert_allclose(a.voltage, np.concatenate([c["voltage_in_V"] for c in arbin["cycle_data"]]))
+    assert a.charge_policy_Q1.isna().all()  # no numeric rate: unknown, not guessed
+    assert set(a.internal_resistance.round(6)) == {0.02}
+    x = df[df.cell_key == "XJTU_2C_battery-6"]
+    np.testing.assert_allclose(x.time, np.concatenate([c["time_in_s"] for c in xjtu["cycle_data"]]))
+    assert set(x.dataset) == {"XJTU"}
