@@ -94,3 +94,16 @@ def test_pipeline_data_source_uri(raw, tmp_path):
     seqs = pq.read_table(Path(result.outputs["Output"]) / "sequences").to_pandas()
     assert sorted(seqs.cell_key) == sorted(CELLS)  # training mode: one sequence per cell
     assert (seqs.n_tokens > 0).all()
+
+
+def test_ingest_from_s3_recognises_each_file(raw, s3, tmp_path):
+    """--format auto on object storage: formats from the objects' first bytes (ranged reads), same table."""
+    from msenc_lib import storage
+    from msenc_lib.ingest import IngestConfig, run_ingest
+
+    storage.upload_dir(raw, s3.uri("raw"))
+    result = run_ingest(IngestConfig(progress=False), s3.uri("raw"), str(tmp_path / "from-s3"))
+    assert result.format == "batteryml+mapped"
+    run_ingest(IngestConfig(progress=False), str(raw), str(tmp_path / "local"))
+    pd.testing.assert_frame_equal(_check_unified(tmp_path / "from-s3"), _check_unified(tmp_path / "local"))
+    assert storage.read_head(s3.uri("raw/msenc-mapping.yaml"), 6) == b"format"

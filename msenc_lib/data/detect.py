@@ -19,21 +19,21 @@ novonix            Novonix export (a ``[Summary]`` block)                       
 indigo             Indigo HDF5 (``.h5``)                                                             [beep]
 =================  ==========================================================================================
 
-Only the first bytes of a file are read to decide. A data file no format recognises is an error naming the file
+Only the first bytes of a file are read to decide (on S3 a ranged read; ``.parquet``/``.mat``/``.h5`` by name). A data file no format recognises is an error naming the file
 and what its header lacks (never skipped silently); files of no data kind (``README``, images) are skipped and
 reported.
 """
 
 from __future__ import annotations
 
+import csv
 import io
-import os
 import pickletools
 import re
 from dataclasses import dataclass, field
 
 from msenc_lib import storage
-from msenc_lib.data.mapping import MAPPING_FILE, ColumnMapping, load_mapping, read_header
+from msenc_lib.data.mapping import MAPPING_FILE, ColumnMapping, load_mapping
 from msenc_lib.data.readers import list_inputs
 from msenc_lib.data.schema import REQUIRED_COLUMNS
 from msenc_lib.errors import InputDataError
@@ -73,19 +73,24 @@ class Inputs:
         return "+".join(self.by_format) if self.by_format else "none"
 
 
-def _head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
+_COMPRESSED = (".gz", ".bz2", ".zst")
+
+
+def head_bytes(uri: str) -> bytes:
+    """The first bytes of a file (decompressed for ``.gz``/``.bz2``/``.zst``); on S3 a ranged read, except for
+    compressed files, which are copied first."""
+    if not uri.lower().endswith(_COMPRESSED):
+        return storage.read_head(uri, HEAD_BYTES)
     import pyarrow as pa
 
-    with pa.input_stream(str(path), compression="detect") as fh:
-        return fh.read(n)
+    with storage.local_copy(uri) as local, pa.input_stream(str(local), compression="detect") as fh:
+        return fh.read(HEAD_BYTES)
 
 
-def pickle_first_key(path: str | os.PathLike) -> str | None:
-    """The first string a pickle stores (the first key of a pickled dict), read from its first bytes only."""
-    with open(path, "rb") as fh:
-        data = fh.read(HEAD_BYTES)
+def pickle_first_key(head: bytes) -> str | None:
+    """The first string a pickle stores (the first key of a pickled dict), from the pickle's first bytes."""
     try:
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
             if isinstance(arg, (str, bytes)) and ("UNICODE" in op.name or "STRING" in op.name):
                 return arg.decode("latin1") if isinstance(arg, bytes) else str(arg)
     except Exception:  # noqa: BLE001 - the head cut mid-op, or not a pickle: the caller reports
@@ -102,20 +107,19 @@ def _header(head: bytes) -> list[str]:
     return [first.strip()]
 
 
-def _mapped_header(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None) -> list[str]:
-    """The header as the mapping's CSV options read it (delimiter, lines to skip); [] if it cannot."""
+def _mapped_header(head: bytes, mapping: ColumnMapping | None) -> list[str]:
+    """The header as the mapping's CSV options read it (encoding, delimiter, lines to skip)."""
     if mapping is None:
         return []
-    try:
-        return read_header(local, mapping, uri)
-    except InputDataError:
+    opts = mapping.csv
+    lines = head.decode(opts.encoding, errors="replace").lstrip("\ufeff").splitlines()
+    if len(lines) <= opts.skip_rows:
         return []
+    return next(csv.reader([lines[opts.skip_rows]], delimiter=opts.delimiter))
 
 
-def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = None) -> str | None:
-    """The format of one input file (module doc); None for a file of no data kind. A data file of no known
-    layout is an error naming the file and what is missing."""
-    name = storage.basename(uri)
+def format_from_name(name: str) -> str | None:
+    """The format a file name alone decides (``.parquet``, ``.mat``, ``.h5``), else None."""
     low = name.lower()
     if low.endswith((".parquet", ".pq")):
         return "parquet"
@@ -123,8 +127,21 @@ def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = N
         return "severson-mat"
     if low.endswith((".h5", ".hdf5")):
         return "indigo"
+    return None
+
+
+def needs_content(name: str) -> bool:
+    """Whether the file's first bytes decide its format (pickles, CSV/text exports, Maccor's ``.0NN``)."""
+    low = name.lower()
+    return low.endswith((*_PICKLE_EXT, *_TEXT_EXT)) or bool(_MACCOR_EXT.search(low))
+
+
+def detect(uri: str, head: bytes, mapping: ColumnMapping | None = None) -> str:
+    """The format of one pickle or text input from its first bytes (module doc). A file of no known layout is
+    an error naming the file and what is missing."""
+    low = storage.basename(uri).lower()
     if low.endswith(_PICKLE_EXT):
-        key = pickle_first_key(local)
+        key = pickle_first_key(head)
         if key == "cell_id":
             return "batteryml"
         if key is not None and _SEVERSON_KEY.match(key):
@@ -133,9 +150,6 @@ def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = N
             f"{uri}: a pickle that is neither a BatteryML/BatteryLife processed cell (a dict starting with "
             f"'cell_id') nor a Severson batch pickle (keys b<N>c<i>); its first key is {key!r}. Use --format "
             "severson-pickle or batteryml to say which, or check that the file is complete")
-    if not (low.endswith(_TEXT_EXT) or _MACCOR_EXT.search(low)):
-        return None
-    head = _head(local)
     text = head.decode("utf-8", errors="replace")
     if text.startswith("Today's Date") or text.startswith("Today’s Date"):
         return "maccor"
@@ -143,7 +157,7 @@ def detect(local: str | os.PathLike, uri: str, mapping: ColumnMapping | None = N
     lower = {c.lower() for c in header}
     if all(c in header for c in REQUIRED_COLUMNS):
         return "csv"
-    mapped_header = _mapped_header(local, uri, mapping)
+    mapped_header = _mapped_header(head, mapping)
     if mapping is not None and mapping.matches(mapped_header):
         return "mapped"
     if _ARBIN <= lower:
@@ -214,8 +228,9 @@ def classify_inputs(input_uri: str, fmt: str = "auto", mapping_uri: str | None =
         if fmt != "auto":
             kind = fmt if single or _explicit_ok(fmt, name) else None
         else:
-            with storage.local_copy(f) as local:
-                kind = detect(local, f, out.mapping)
+            kind = format_from_name(name)
+            if kind is None and needs_content(name):
+                kind = detect(f, head_bytes(f), out.mapping)
         if kind is None:
             out.skipped.append(f)
             continue
@@ -230,4 +245,5 @@ def classify_inputs(input_uri: str, fmt: str = "auto", mapping_uri: str | None =
     return out
 
 
-__all__ = ["FORMATS", "CYCLER_FORMATS", "Inputs", "classify_inputs", "detect", "pickle_first_key"]
+__all__ = ["FORMATS", "CYCLER_FORMATS", "Inputs", "classify_inputs", "detect", "format_from_name", "head_bytes",
+           "pickle_first_key"]
