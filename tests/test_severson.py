@@ -385,3 +385,12 @@ def test_legacy_notebook_pickles_are_refused(tmp_path, batches):
     with pytest.raises(InputDataError, match=r"batch2\.pkl: cell b2c0: 'I' and 'Qd' are copies of 'Qc'.*d33d7ca"):
         run_ingest(IngestConfig(progress=False), str(tmp_path / "batch2.pkl"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_truncated_mat_file_is_named(mat_dir, tmp_path):
+    data = next(mat_dir.glob("2017-06-30*.mat")).read_bytes()
+    (tmp_path / "MATR_batch_20170630.mat").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputDataError, match=r"MATR_batch_20170630\.mat: (not a MATLAB v7\.3 \(HDF5\) file, or "
+                                             r"truncated|cell b2c\d+: unexpected or truncated \.mat structure)"):
+        run_ingest(IngestConfig(progress=False), str(tmp_path), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
