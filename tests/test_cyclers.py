@@ -184,3 +184,20 @@ def test_without_beep_cycler_files_fail_with_the_install_hint_and_mappings_still
     result = run_ingest(IngestConfig(progress=False, mapping=str(tmp_path / "arbin.yaml")), str(tmp_path / "in"),
                         str(tmp_path / "out"))
     assert result.format == "mapped" and result.n_rows == len(rows)
+
+
+@needs_beep
+def test_cycler_files_through_ingest_and_preprocess(tmp_path):
+    from msenc_lib.preprocess import PreprocessConfig, run_preprocess
+
+    write_tri_arbin(tmp_path / "in" / "FastCharge_000025_CH8.csv", seed=5)
+    write_maccor(tmp_path / "in" / "PredictionDiagnostics_000151_00001E.052")
+    write_battery_archive(tmp_path / "in" / "HNEI_18650_NMC_LCO_25C_0-100_0.5-1.5C_a_timeseries.csv", seed=6)
+    result = run_ingest(IngestConfig(progress=False), str(tmp_path / "in"), str(tmp_path / "unified"))
+    assert result.format == "arbin+battery-archive+maccor"
+    cells = sorted(pd.read_parquet(tmp_path / "unified").cell_key.unique())
+    run_preprocess(PreprocessConfig(progress=False, is_training_shuffled=False), str(tmp_path / "unified"),
+                   str(tmp_path / "seqs"))
+    seqs = pd.read_parquet(tmp_path / "seqs" / "sequences")
+    assert sorted(seqs.cell_key.unique()) == cells and len(seqs) == 9  # 3 cells x 3 cycles
+    assert (seqs.n_tokens > 0).all()
