@@ -31,8 +31,11 @@ files (filtered by the cutoff), so one big multi-cell CSV needs memory for one b
 local disk for its needed columns). Cells are then grouped, in ``cell_key`` order, into shards of about
 ``shard_rows`` input rows; each shard is one task for the ``--workers`` processes and holds one cell in
 memory at a time. Shard boundaries depend only on the data, so the output is identical for any number of
-workers. Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in tokenizer it is
-written directly as token ids, without a tokenizer call. s3:// inputs are downloaded to a temporary folder
+workers. Workers start with allocator settings that make them reuse their memory from cell to cell
+(:data:`WORKER_ENV`). Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in
+tokenizer it is written directly as token ids, without a tokenizer call. Token ids are stored in the narrowest
+integer type the vocabulary allows and delta-encoded (:data:`PARQUET_OPTIONS`); readers get them as integers
+of any width. s3:// inputs are downloaded to a temporary folder
 first; the output goes through ``storage.publish`` (nothing is left at the output URI on failure).
 """
 
