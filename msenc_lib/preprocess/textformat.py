@@ -262,7 +262,9 @@ def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alp
     frac = di - ipart * itype(scale)
     imax = int(ipart.max()) if n else 0
     k = max(1, len(str(imax)))
-    base = 1 + k + 1 + max(precision, 1)
+    negative = np.signbit(x)
+    sign = 1 if negative.any() else 0  # a sign slot only where some value needs one: fewer codes to compact
+    base = sign + k + 1 + max(precision, 1)
 
     slow = ~fast if valid is None else ~fast & valid
     specials = []
@@ -280,13 +282,14 @@ def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alp
     ints, fracs = _tables(zero, pad)
 
     def write(dest: np.ndarray) -> None:
-        dest[:, 0] = np.where(np.signbit(x), ab.code("-"), pad)
-        dest[:, 1: 1 + k] = _int_codes(ipart, k, ints)
-        dest[:, 1 + k] = ab.code(".")
+        if sign:
+            dest[:, 0] = np.where(negative, ab.code("-"), pad)
+        dest[:, sign: sign + k] = _int_codes(ipart, k, ints)
+        dest[:, sign + k] = ab.code(".")
         if precision <= 0:
-            dest[:, 2 + k] = zero
+            dest[:, sign + 1 + k] = zero
         elif precision <= 4:
-            dest[:, 2 + k: 2 + k + precision] = _rows4(fracs[precision], frac)[:, :precision]
+            dest[:, sign + 1 + k: sign + 1 + k + precision] = _rows4(fracs[precision], frac)[:, :precision]
         else:
             r = frac.copy()
             seen = np.zeros(n, dtype=bool)
@@ -294,7 +297,7 @@ def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alp
                 dgt = r % 10
                 r //= 10
                 seen |= dgt != 0
-                dest[:, 2 + k + j] = dgt + zero if j == 0 else np.where(seen, dgt + zero, pad)
+                dest[:, sign + 1 + k + j] = dgt + zero if j == 0 else np.where(seen, dgt + zero, pad)
         if width > base:
             dest[:, base:] = pad
         for mask, codes in specials:
@@ -324,13 +327,17 @@ def _prep_int(values: np.ndarray, valid: np.ndarray | None, ab: Alphabet) -> Pre
     k = max(1, len(str(amax)))
     ints, _ = _tables(ab.code("0"), ab.pad)
 
+    negative = v < 0
+    sign = 1 if negative.any() else 0
+
     def write(dest: np.ndarray) -> None:
-        dest[:, 0] = np.where(v < 0, ab.code("-"), ab.pad)
-        dest[:, 1:] = _int_codes(a, k, ints)
+        if sign:
+            dest[:, 0] = np.where(negative, ab.code("-"), ab.pad)
+        dest[:, sign:] = _int_codes(a, k, ints)
         if valid is not None:
             _overwrite_rows(dest, ~valid, np.array([ab.unk], np.uint8), ab.pad)
 
-    return k + 1, write
+    return k + sign, write
 
 
 def _prep_words(words: list[bytes | None], valid: np.ndarray | None, ab: Alphabet) -> Prepared:
