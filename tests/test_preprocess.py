@@ -242,6 +242,22 @@ def test_workers_start_with_the_memory_settings_and_user_values_win(monkeypatch)
     assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and os.environ["MALLOC_TOP_PAD_"] == "12345"
 
 
+def test_one_worker_sends_a_big_input_to_a_worker_process(tiny_unified, tmp_path, monkeypatch):
+    _, in_process = run(tmp_path, "in_process", input_path=tiny_unified, shard_rows=500)
+    pools = []
+    real = stage._worker_pool
+
+    def recording(workers, spawn_one=False):
+        pools.append((workers, spawn_one))
+        return real(workers, spawn_one)
+
+    monkeypatch.setattr(stage, "SPAWN_MIN_ROWS", 1)
+    monkeypatch.setattr(stage, "_worker_pool", recording)
+    _, spawned = run(tmp_path, "spawned", input_path=tiny_unified, shard_rows=500)
+    assert pools == [(1, False), (1, True)]  # the scan in this process, the shards in one worker
+    assert _shard_bytes(spawned) == _shard_bytes(in_process)
+
+
 def _worker_facts() -> dict:
     return {"pool": pa.default_memory_pool().backend_name, **{k: os.environ.get(k) for k in stage.WORKER_ENV}}
 
