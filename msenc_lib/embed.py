@@ -25,6 +25,7 @@ from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.schema import CHARGE_POLICY_COLUMNS
 from msenc_lib.errors import InputDataError
+from msenc_lib.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +254,6 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
     import pandas as pd
     import pyarrow.parquet as pq
     import torch
-    from tqdm.auto import tqdm
-
     from msenc_lib import storage
     from msenc_lib.model.hardware import compile_pays, native_bf16
     from msenc_lib.tokenizer import special_token_ids
@@ -291,7 +290,7 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
         columns = [f"{layout.VALUE_PREFIX}{i}" for i in range(dim)]
         n_tokens = n_chunks = 0
         with storage.publish(output_uri, overwrite=overwrite) as staging, torch.inference_mode(), \
-                tqdm(total=len(meta), desc="embedding", unit="cycle", disable=not config.progress) as bar:
+                progress_bar(total=len(meta), desc="embedding", unit="cycle", enabled=config.progress) as bar:
             writer = _Writer(staging, config.csv)
             try:
                 first_row = 0

@@ -135,7 +135,7 @@ def test_committed_package_runs_on_kubeflow_with_a_pytorchjob_export_and_warm_st
     assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", train_pod.pod["metadata"]["name"],
                                                            train_pod.env["KFP_POD_UID"])
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-    assert not any("minio" in a or a.startswith("/") for a in command[3:]), command
+    assert not any("minio" in a or a.startswith("/") for a in command[4:]), command
     assert command[command.index("--config") + 1] == model.uri.replace("minio://", "s3://") + "-config/train_config.yaml"
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     assert (PROFILE, job["metadata"]["name"]) in install.cluster.deleted  # deleted when done

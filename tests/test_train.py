@@ -137,8 +137,8 @@ def test_cli_40_steps_saves_a_model_that_auto_model_loads(split_dir, tmp_path):
     assert [r["step"] for r in train_rows] == list(range(10, 41, 10))
     assert all({"loss", "ce", "ntl", "lr", "tokens_per_s"} <= set(r) for r in train_rows)
     assert TrainConfig.load(str(out / "train_config.yaml")).max_steps == 40
-    # python -m msenc_lib.train is the same command (the PyTorchJob pod's)
-    helped = subprocess.run([sys.executable, "-m", "msenc_lib.train", "--help"], env=child_env(),
+    # python -m msenc_cli train is the same command (the PyTorchJob pod's)
+    helped = subprocess.run([sys.executable, "-m", "msenc_cli", "train", "--help"], env=child_env(),
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--resume" in helped.stdout and "--init-model" in helped.stdout
 
@@ -353,7 +353,7 @@ def test_missing_split_or_train_sequences_is_a_clear_error(split_dir, tmp_path):
         run_train(cfg(max_steps=1), str(broken), str(tmp_path / "o2"))
     assert not (tmp_path / "o2").exists()
     # through the CLI: exit status 2 and the message, no traceback
-    proc = subprocess.run([sys.executable, "-m", "msenc_lib.train", "--data-dir", str(broken), "--output-dir",
+    proc = subprocess.run([sys.executable, "-m", "msenc_cli", "train", "--data-dir", str(broken), "--output-dir",
                            str(tmp_path / "o3"), "--preset", "tiny"], env=child_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "no training sequences" in proc.stderr and "Traceback" not in proc.stderr
@@ -451,7 +451,7 @@ def test_a_rank_that_fails_to_start_stops_the_other_promptly(split_dir, tmp_path
         env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank))
         if rank == 1:
             env["MSENC_TRAIN__PRESET"] = "huge"
-        procs.append(subprocess.Popen([sys.executable, "-m", "msenc_lib.train", "--data-dir", str(split_dir),
+        procs.append(subprocess.Popen([sys.executable, "-m", "msenc_cli", "train", "--data-dir", str(split_dir),
                                        "--output-dir", str(tmp_path / "out"), "--progress", "false"], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:

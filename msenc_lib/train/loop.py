@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from msenc_lib.model.hardware import compile_pays, native_bf16
+from msenc_lib.progress import progress_bar
 from msenc_lib.train.checkpoint import MetricsLog, load_checkpoint, save_checkpoint
 from msenc_lib.train.data import WindowDataset, count_targets
 from msenc_lib.train.distributed import DistContext
@@ -240,9 +241,7 @@ class Trainer:
         stop_at = min(cfg.max_steps, cfg.stop_after) if cfg.stop_after else cfg.max_steps
         bar = None
         if cfg.progress and ctx.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = progress_bar(total=cfg.max_steps, initial=self.step, desc="train", unit="step")
         window_tokens = window_time = 0.0
         total_tokens = total_time = 0.0
         acc = self.log_window  # running sums since the last metrics row (part of the resume state)

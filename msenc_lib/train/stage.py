@@ -1,6 +1,6 @@
 """Training stage: masked-LM + number-token pretraining of the multiscale encoder on a split's train subset.
 
-``run_train(config, data_uri, output_uri) -> TrainResult``; ``msenc train`` and ``python -m msenc_lib.train``
+``run_train(config, data_uri, output_uri) -> TrainResult``; ``msenc train`` and ``python -m msenc_cli train``
 (the PyTorchJob pod command) call it. Runs on one CPU/GPU, under torchrun, or with the Kubeflow Training
 Operator's env (``MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK``): DDP when ``WORLD_SIZE > 1``.
 
