@@ -227,7 +227,8 @@ def machine_facts(cpus: int | None) -> dict:
     facts = {**machine(), "cpus_used": cpus or os.cpu_count(), "platform": platform.platform()}
     for name in ("enabled", "defrag"):
         try:
-            facts[f"transparent_hugepage_{name}"] = Path(f"/sys/kernel/mm/transparent_hugepage/{name}").read_text().strip()
+            thp = Path("/sys/kernel/mm/transparent_hugepage") / name
+            facts[f"transparent_hugepage_{name}"] = thp.read_text().strip()
         except OSError:
             pass
     return facts

@@ -20,7 +20,8 @@ Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-wo
 
 Output (``design.md`` §2)::
 
-    OUT/sequences/part-00000.parquet ...  cell_key, [cycle_number], input_ids list<uint8> (the narrowest type for the vocabulary: token_id_type), n_tokens int32
+    OUT/sequences/part-00000.parquet ...  cell_key, [cycle_number], input_ids list<uint8>, n_tokens int32
+                                          (ids: the narrowest integer type for the vocabulary, token_id_type)
     OUT/tokenizer/                        AutoTokenizer.from_pretrained(OUT/tokenizer)
     OUT/preprocess_config.yaml, OUT/manifest.json, [OUT/text/<cell>.csv  (the original per-cell CSV)]
 
@@ -35,8 +36,8 @@ workers. Workers start with allocator settings that make them reuse their memory
 (:data:`WORKER_ENV`). Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in
 tokenizer it is written directly as token ids, without a tokenizer call. Token ids are stored in the narrowest
 integer type the vocabulary allows and delta-encoded (:data:`PARQUET_OPTIONS`); readers get them as integers
-of any width. s3:// inputs are downloaded to a temporary folder
-first; the output goes through ``storage.publish`` (nothing is left at the output URI on failure).
+of any width. s3:// inputs are downloaded to a temporary folder first; the output goes through
+``storage.publish`` (nothing is left at the output URI on failure).
 """
 
 from __future__ import annotations
