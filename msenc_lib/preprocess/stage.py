@@ -7,9 +7,10 @@ Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-wo
   maximum over itself and every later row (a running maximum from the end backwards);
 * rows are sorted by ``time_columns`` (ascending, nulls first; rows with equal keys keep their input order,
   which the original leaves open);
-* a time step = every column except ``id_column`` and ``exclude_features``, in table column order, floats
-  as ``str(round(x, decimal_precision))``, integers as ``str(x)``, nulls as the unk token, joined by
-  ``value_sep``; time steps joined by the time separator;
+* a time step = every column except ``id_column``, ``exclude_features`` and the per-cell metadata columns
+  (unless ``metadata_features``), in table column order, floats as ``str(round(x, decimal_precision))``,
+  integers as ``str(x)``, nulls as the unk token, joined by ``value_sep``; time steps joined by the time
+  separator;
 * training mode (``--is-training-shuffled``, default): one sequence per cell; the time steps of every cell
   are reordered by ONE permutation of ``range(max_len)`` (``max_len`` = the longest cell; indices beyond a
   cell's length are dropped), drawn from ``numpy.random.default_rng(seed)``;
@@ -60,6 +61,7 @@ from pydantic import BaseModel, Field, field_validator
 from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.readers import read_columns
+from msenc_lib.data.schema import METADATA_COLUMNS
 from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.progress import progress_bar
 from msenc_lib.preprocess.scan import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, resolve_types,
@@ -103,6 +105,9 @@ class PreprocessConfig(StageConfig):
                                          "value by the maximum over it and all later rows of the cell")
     exclude_features: list[str] = Field(default_factory=list, description="columns left out of the text "
                                         "(comma-separated)")
+    metadata_features: bool = Field(False, description="put the per-cell metadata columns (dataset, chemistry, "
+                                    "nominal_capacity, form_factor, ambient_temperature) in the text; by default "
+                                    "they are left out like the id column")
     decimal_precision: int = Field(4, ge=0, le=30, description="floats are written as str(round(x, N))")
     time_cutoff: list[float] | None = Field(None, description="keep rows with time_columns[k] <= cutoff[k] "
                                             "(comma-separated, matched to time_columns in order)")
@@ -645,6 +650,8 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                     f"{sorted(set(other) - set(columns))}); all inputs need the same columns ('msenc ingest' "
                     "unifies them)")
         excluded = set(config.exclude_features) | {config.id_column}
+        if not config.metadata_features:
+            excluded |= set(METADATA_COLUMNS)
         text_columns = [c for c in columns if c not in excluded]
         if not text_columns:
             raise ConfigError("no column left for the text: every column is the id or excluded")
