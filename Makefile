@@ -1,6 +1,6 @@
 # Two entry points for a newcomer: `make demo` (the main job) and `make test`.
 # Both create .venv and install what they need: torch first (the pinned CPU wheel; set TORCH_SPEC for
-# another build), then this package with its pipeline and dev extras.
+# another build), then this package with its pipeline, dev, bench and cyclers extras.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[pipeline,dev,bench]"
+	$(PY) -m pip install --quiet -e ".[pipeline,dev,bench,cyclers]"
 	touch $@
 
 install: $(STAMP)

@@ -85,22 +85,29 @@ Sizes: tiny (~33k rows, seconds), demo (~250k rows, the README run), bench (~15M
 
 INGEST = StageCommand(
     name="ingest",
-    help="raw data (CSV, Parquet, Severson .mat/.pkl) -> unified Parquet",
+    help="raw data (unified CSV/Parquet, MATR .mat/.pkl, BatteryML/BatteryLife, cycler exports) -> unified Parquet",
     description="""\
 Read raw battery data and write the unified table as Parquet: <output-dir>/<cell_key>.parquet per cell
 (readable with pandas.read_parquet(<output-dir>)) and <output-dir>/_manifest.json (counts, dtypes,
-warnings, input fingerprints).
+warnings, repairs, input fingerprints).
 
-Inputs (--input-path: a file, a folder, or a glob; local or s3://):
-  csv              unified CSV(s): one file holding many cells, one file per cell, ... (streamed in blocks)
-  parquet          unified Parquet file(s), e.g. the output of 'msenc generate-data'
-  severson-mat     the data.matr.io batch .mat files (MATLAB v7.3); batch from the file name
-                   (2017-05-12 / 2017-06-30 / 2018-04-12 or batchN). Recommended for Severson data.
-  severson-pickle  batch1.pkl, batch2.pkl, batch3.pkl from the rdbraatz BuildPkl notebooks.
-                   WARNING: unpickling runs code from the file; use only pickles you trust.
-Severson inputs get the original cleaning (dropped cells, batch-2 carry-over merge) and the charge
-policy -> quartile C-rates rule. Bad data stops the run with a message naming the file, row, cell and
-column; nothing is written then. Harmless quirks of real files are kept and reported as warnings.
+Inputs (--input-path: a file, a folder, or a glob; local or s3://). --format auto (default) recognises each
+file from its content, and a folder may mix formats:
+  csv, parquet     the unified table (e.g. 'msenc generate-data' output, beep-data-utils' unified CSV)
+  severson-mat     MATR batch .mat files (MATLAB v7.3) under any name: data.matr.io's
+                   2017-05-12_batchdata_...mat or BatteryML's MATR_batch_20170512.mat (release date -> batch)
+  severson-pickle  batch pickles of the rdbraatz BuildPkl notebooks (pre-2019-04 ones are refused)
+  batteryml        BatteryML / BatteryLife processed cells <cell_id>.pkl (+ BatteryLife '*_labels.json')
+  mapped           any CSV/text export, read through a column-mapping YAML (--mapping, or an
+                   msenc-mapping.yaml among the inputs)
+  arbin, maccor, neware, biologic, novonix, indigo, battery-archive
+                   cycler files through TRI's beep parsers (pip install 'msenc[cyclers]')
+Pickles are loaded without running code from them. Per-cell metadata (dataset, chemistry, nominal_capacity,
+form_factor, ambient_temperature) follows the 16 unified columns.
+Real files' glitches are repaired and counted per cell and cycle (time resets re-based, NaN/inf rows dropped,
+known-bad MATR cycles excluded, repeated timestamps kept); --strict stops at the first one instead.
+Unusable data stops the run with a message naming the file, row, cell and column; nothing is written then.
+Formats and flags: msenc_lib/data/README.md.
 """,
     config="msenc_lib.ingest:IngestConfig",
     run="msenc_lib.ingest:run_ingest",

@@ -645,6 +645,26 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     return Path(uri).read_bytes()
 
 
+def read_head(uri: str | os.PathLike, n: int) -> bytes:
+    """The first ``n`` bytes (fewer if the object is shorter); on S3 a ranged GET, not a download."""
+    uri = str(uri)
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"].read()
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code == "InvalidRange":  # an empty object
+                return b""
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(uri) from None
+            raise
+    with open(uri, "rb") as fh:
+        return fh.read(n)
+
+
 def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     return read_bytes(uri).decode(encoding)
 

@@ -78,13 +78,22 @@ def test_csv_without_voltage_fails_and_leaves_no_output(small, tmp_path, capsys)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left over
 
 
-def test_bad_row_in_the_middle_of_a_folder_leaves_nothing(csv_dir, tmp_path):
+def test_nan_row_in_a_folder_is_dropped_and_counted_and_strict_refuses_it(small, csv_dir, tmp_path):
     df = pd.read_csv(csv_dir / "b2c0.csv")
     df.loc[10, "time"] = float("nan")
     df.to_csv(csv_dir / "b2c0.csv", index=False)
-    with pytest.raises(InputDataError, match=r"b2c0\.csv: row 11 .*cell 'b2c0', column 'time'"):
-        run_ingest(CFG, str(csv_dir), str(tmp_path / "out"))
+    cycle = int(df.loc[10, "cycle_number"])
+    with pytest.raises(InputDataError, match=r"b2c0\.csv: row 11 .*cell 'b2c0', column 'time'.*strict"):
+        run_ingest(IngestConfig(progress=False, strict=True), str(csv_dir), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    result = run_ingest(CFG, str(csv_dir), str(tmp_path / "out"))
+    assert result.n_rows == len(small) - 1
+    assert result.repair_counts["non_finite_values"] == 1
+    [record] = [r for r in result.repairs if r.kind == "non_finite_values"]
+    assert (record.cell_key, record.action, record.cycles) == ("b2c0", "dropped", {str(cycle): 1})
+    manifest = read_unified_manifest(str(tmp_path / "out"))
+    assert record.model_dump() in manifest["repairs"]
+    assert manifest["repair_counts"] == result.repair_counts
 
 
 def test_csv_export_matches_the_beep_data_utils_layout(small, tmp_path):
@@ -195,3 +204,17 @@ def test_cell_keys_that_are_not_file_names(small, tmp_path):
     assert len(pd.read_parquet(tmp_path / "out")) == len(df)  # none hidden from pandas
     got = read_unified(str(tmp_path / "out"), cells=["_hidden"])
     assert set(got.cell_key) == {"_hidden"} and len(got) == int((df.cell_key == "_hidden").sum())
+
+
+def test_identifier_codes_keep_every_digit_through_csv_and_parquet(small, tmp_path):
+    df = small.copy()
+    df["charge_policy"] = "12345678901234567890"  # beep-data-utils' 20-digit policy codes
+    df["channel"] = "007"
+    df["internal_resistance"] = 0.0155
+    df.to_csv(tmp_path / "codes.csv", index=False)
+    df.to_parquet(tmp_path / "codes.parquet")
+    for name in ("codes.csv", "codes.parquet"):
+        run_ingest(CFG, str(tmp_path / name), str(tmp_path / name.replace(".", "-")))
+        back = pd.read_parquet(tmp_path / name.replace(".", "-"))
+        assert set(back.charge_policy) == {"12345678901234567890"} and set(back.channel) == {"007"}, name
+        assert back.internal_resistance.dtype == "float64" and set(back.internal_resistance) == {0.0155}, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zlib
 from pathlib import Path
@@ -16,10 +17,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from msenc_cli.main import main as cli_main
-from msenc_lib.preprocess import scan
+from msenc_lib.preprocess import PreprocessConfig, run_preprocess, scan, stage
 from msenc_lib.errors import ConfigError, InputDataError, StorageError
 from msenc_lib.layout import read_sequence_table
-from msenc_lib.preprocess import PreprocessConfig, run_preprocess
+from msenc_lib.preprocess.stage import token_id_type
 
 DATA = Path(__file__).parent / "data" / "sequences"
 GOLDEN = DATA / "golden_unified.csv"
@@ -206,6 +207,61 @@ def test_matches_polars_reimplementation_of_original(tiny_unified, tmp_path, mon
     assert decoded(out) == ref
 
 
+def test_text_is_byte_identical_to_the_reference_csv_with_workers(tiny_unified, tmp_path, monkeypatch):
+    """The per-cell text CSVs (``--text``) of a 2-worker run, byte for byte those of the polars re-implementation
+    of the original, and the uint8 token ids decode to the same text."""
+    pytest.importorskip("polars")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from reference_preprocess import main as reference_main
+
+    result, out = run(tmp_path, input_path=tiny_unified, workers=2, shard_rows=2_000, text=True)
+    assert result.n_shards >= 2
+    assert reference_main(["--input", str(tiny_unified / "*.parquet"), "--output-dir", str(tmp_path / "ref")]) == 0
+    ref = {p.name: p.read_bytes() for p in sorted((tmp_path / "ref").glob("*.csv"))}
+    mine = {p.name: p.read_bytes() for p in sorted((out / "text").glob("*.csv"))}
+    assert len(ref) == 4 and mine == ref
+    texts = decoded(out)
+    assert {f"{k}.csv": v for k, v in texts.items()} == {k: pd.read_csv(tmp_path / "ref" / k)["battery_stream"][0]
+                                                         for k in ref}
+    assert read_sequence_table(str(out)).schema.field("input_ids").type.value_type == pa.uint8()
+
+
+def test_token_id_type_is_the_narrowest_for_the_vocabulary():
+    assert [token_id_type(n) for n in (23, 256, 257, 65_536, 65_537, 250_000)] == [
+        pa.uint8(), pa.uint8(), pa.uint16(), pa.uint16(), pa.int32(), pa.int32()]
+
+
+def test_workers_start_with_the_memory_settings_and_user_values_win(monkeypatch):
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    with stage._worker_pool(2) as pool:
+        seen = pool.submit(_worker_facts).result()
+    assert seen["pool"] == "system" and seen["NUMPY_MADVISE_HUGEPAGE"] == "0"
+    assert seen["MALLOC_TOP_PAD_"] == "12345"  # set by the user: kept
+    # This process's environment is as it was.
+    assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ and os.environ["MALLOC_TOP_PAD_"] == "12345"
+
+
+def test_one_worker_sends_a_big_input_to_a_worker_process(tiny_unified, tmp_path, monkeypatch):
+    _, in_process = run(tmp_path, "in_process", input_path=tiny_unified, shard_rows=500)
+    pools = []
+    real = stage._worker_pool
+
+    def recording(workers, spawn_one=False):
+        pools.append((workers, spawn_one))
+        return real(workers, spawn_one)
+
+    monkeypatch.setattr(stage, "SPAWN_MIN_ROWS", 1)
+    monkeypatch.setattr(stage, "_worker_pool", recording)
+    _, spawned = run(tmp_path, "spawned", input_path=tiny_unified, shard_rows=500)
+    assert pools == [(1, False), (1, True)]  # the scan in this process, the shards in one worker
+    assert _shard_bytes(spawned) == _shard_bytes(in_process)
+
+
+def _worker_facts() -> dict:
+    return {"pool": pa.default_memory_pool().backend_name, **{k: os.environ.get(k) for k in stage.WORKER_ENV}}
+
+
 def test_one_multi_cell_csv_equals_per_cell_files(tiny_unified, tmp_path, monkeypatch):
     table = pa.concat_tables([pq.read_table(p) for p in sorted(tiny_unified.glob("*.parquet"))])
     # Interleave the cells' rows (keeping each cell's own order) and write one CSV; small blocks force
@@ -275,8 +331,10 @@ def test_local_hf_tokenizer_is_patched_like_the_original(tmp_path):
                                                                                "<|MASK|>")
     assert decoded(out)["b1c0"] == training_stream(B1C0, 24, 6)
     # BPE merges digits: fewer tokens than characters.
-    seq = read_sequence_table(str(out)).to_pylist()[0]
+    table = read_sequence_table(str(out))
+    seq = table.to_pylist()[0]
     assert seq["n_tokens"] < len(training_stream(B1C0, 24, 6))
+    assert table.schema.field("input_ids").type.value_type == token_id_type(len(tok))
     _, emb = run(tmp_path, "emb", tokenizer_id=str(folder), smooth_charge_capacity=False, is_training_shuffled=False)
     assert decoded(emb)[("b1c0", 0)] == embedding_streams("b1c0", B1C0, [0, 0, 0, 1, 1, 2], 24)[0]
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from msenc_lib.data import severson
-from msenc_lib.data.schema import IR_COLUMN, UNIFIED_COLUMNS
+from msenc_lib.data.schema import IR_COLUMN, METADATA_COLUMNS, UNIFIED_COLUMNS
 from msenc_lib.data.validate import ValidationReport
 from msenc_lib.errors import InputDataError
 from msenc_lib.ingest import IngestConfig, run_ingest
@@ -151,7 +151,7 @@ def test_mat_reader_gives_the_pickle_structure(mat_dir, batches):
         assert list(mb) == list(batches[1])
         cell, want = mb["b1c3"], batches[1]["b1c3"]
         assert cell["charge_policy"] == want["charge_policy"]
-        assert np.asarray(cell["cycle_life"]).shape == (1, 1) and cell["cycle_life"][0][0] == want["cycle_life"][0][0]
+        assert cell["cycle_life"].tolist() == [want["cycle_life"][0][0]]
         assert set(cell["summary"]) == set(want["summary"])
         np.testing.assert_array_equal(cell["summary"]["IR"], want["summary"]["IR"])
         assert list(cell["cycles"]) == ["0", "1", "2"]
@@ -208,8 +208,11 @@ def test_rows_follow_the_unified_csv_rule(batches):
     report = ValidationReport(source="t")
     cell = batches[3]["b3c1"]
     table = severson.cell_to_table("b3c1", cell, 3, "batch3.pkl", report)
-    assert table.column_names == UNIFIED_COLUMNS
-    got = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    assert table.column_names == UNIFIED_COLUMNS + METADATA_COLUMNS
+    assert table.select(METADATA_COLUMNS).to_pylist()[0] == {
+        "dataset": "MATR", "chemistry": "LFP", "nominal_capacity": 1.1, "form_factor": "cylindrical_18650",
+        "ambient_temperature": 30.0}
+    got = table.select(UNIFIED_COLUMNS).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
     want = expected_rows(cell, "b3c1", 3)
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     # empty dQdV past the array: cycle 0 has none, later cycles 5 of 8 / 9 rows
@@ -227,7 +230,7 @@ def test_missing_cycle_life_becomes_null_with_a_warning(batches):
 def test_internal_resistance_column_on_request(batches):
     cell = batches[1]["b1c5"]
     table = severson.cell_to_table("b1c5", cell, 1, "b.pkl", ValidationReport(source="t"), include_ir=True)
-    assert table.column_names == UNIFIED_COLUMNS + [IR_COLUMN]
+    assert table.column_names == UNIFIED_COLUMNS + METADATA_COLUMNS + [IR_COLUMN]
     df = table.to_pandas()
     for j, ir in enumerate(cell["summary"]["IR"]):
         assert set(df.loc[df.cycle_number == j, IR_COLUMN]) == {ir}
@@ -235,8 +238,10 @@ def test_internal_resistance_column_on_request(batches):
 
 def test_bad_policy_and_bad_arrays_name_the_cell(batches):
     cell = dict(batches[1]["b1c1"], charge_policy="fast please")
-    with pytest.raises(InputDataError, match=r"batch1\.pkl: cell b1c1: charge policy 'fast please'"):
-        severson.cell_to_table("b1c1", cell, 1, "batch1.pkl", ValidationReport(source="t"))
+    report = ValidationReport(source="t")
+    table = severson.cell_to_table("b1c1", cell, 1, "batch1.pkl", report)
+    assert table.column("charge_policy_Q1").null_count == table.num_rows
+    assert "cell b1c1: charge policy 'fast please'" in report.warnings[0].message
     cycles = {k: dict(v) for k, v in batches[1]["b1c1"]["cycles"].items()}
     cycles["2"]["t"] = cycles["2"]["t"][:3]
     cell = dict(batches[1]["b1c1"], cycles=cycles)
@@ -264,13 +269,128 @@ def test_ingest_mat_and_pickle_give_identical_parquet(mat_dir, pkl_dir, batches,
 
 
 def test_ingest_severson_bad_file_name_and_bad_file(tmp_path, batches):
-    write_pickle(tmp_path / "mydata.pkl", batches[3])
-    with pytest.raises(InputDataError, match="cannot tell the batch number"):
+    write_pickle(tmp_path / "mydata.pkl", {f"cell{i}": c for i, c in enumerate(batches[3].values())})
+    with pytest.raises(InputDataError, match=r"mydata\.pkl: a pickle that is neither .* first key is 'cell0'"):
         run_ingest(IngestConfig(progress=False), str(tmp_path / "mydata.pkl"), str(tmp_path / "out"))
+    with pytest.raises(InputDataError, match=r"mydata\.pkl: cannot tell which MATR batch"):
+        run_ingest(IngestConfig(progress=False, format="severson-pickle"), str(tmp_path / "mydata.pkl"),
+                   str(tmp_path / "out"))
     (tmp_path / "batch1.mat").write_bytes(b"not hdf5")
     with pytest.raises(InputDataError, match=r"batch1\.mat: not a MATLAB v7\.3"):
         run_ingest(IngestConfig(progress=False), str(tmp_path / "batch1.mat"), str(tmp_path / "out"))
     (tmp_path / "batch2.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(InputDataError, match=r"batch2\.pkl: cannot unpickle"):
+    with pytest.raises(InputDataError, match=r"batch2\.pkl: not a pickle"):
+        run_ingest(IngestConfig(progress=False, format="severson-pickle"), str(tmp_path / "batch2.pkl"),
+                   str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ identity, repairs, refusals
+BATTERYML_NAMES = {1: "MATR_batch_20170512.mat", 2: "MATR_batch_20170630.mat", 3: "MATR_batch_20180412.mat"}
+
+
+def test_original_and_batteryml_file_names_give_the_same_cells(mat_dir, batches, tmp_path):
+    renamed = tmp_path / "MATR"
+    renamed.mkdir()
+    for b, name in BATTERYML_NAMES.items():
+        original = next(mat_dir.glob(f"{severson.RELEASE_BY_BATCH[b].date}_*.mat"))
+        (renamed / name).write_bytes(original.read_bytes())
+    r_orig = run_ingest(IngestConfig(progress=False), str(mat_dir), str(tmp_path / "orig"))
+    r_bml = run_ingest(IngestConfig(progress=False), str(renamed), str(tmp_path / "bml"))
+    assert r_orig.n_cells == r_bml.n_cells == sum(N_CELLS.values()) - 5 - 1 - 1
+    assert r_orig.n_rows == r_bml.n_rows
+    files = sorted(p.name for p in (tmp_path / "orig").glob("*.parquet"))
+    assert files == sorted(p.name for p in (tmp_path / "bml").glob("*.parquet"))
+    for name in files:  # same rows, same cycle lives, byte for byte
+        assert (tmp_path / "orig" / name).read_bytes() == (tmp_path / "bml" / name).read_bytes(), name
+    df = pd.read_parquet(tmp_path / "bml")
+    assert set(df.batch_number) == {1, 2, 3} and "b1c0" in set(df.cell_key)
+    assert set(df[df.cell_key == "b1c0"].cycle_life) == {1300 + 662}  # the carry-over merge happened
+    described = [w.message for w in r_bml.warnings if w.kind == "severson_batch"]
+    assert any("MATR_batch_20170512.mat: batch 1 (2017-05-12" in m for m in described)
+
+
+def test_release_dates_in_any_spelling_and_conflicts():
+    for name in ("2017-05-12_batchdata_updated_struct_errorcorrect.mat", "MATR_batch_20170512.mat",
+                 "batch_2017_05_12.mat"):
+        assert severson.identify(name).batch == 1
+    assert severson.identify("MATR_batch_20190124.mat").release.date == "2019-01-24"
+    assert severson.identify("anything.pkl", ["b3c0", "b3c1"]).batch == 3
+    with pytest.raises(InputDataError, match=r"date 2017-05-13 in the file name is not a known MATR release"):
+        severson.identify("MATR_batch_20170513.mat")
+    with pytest.raises(InputDataError, match=r"batch1\.pkl: the file name says batch 1 but its cells are b2c"):
+        severson.identify("batch1.pkl", ["b2c0"])
+
+
+def test_closed_loop_batch_with_empty_cycle_lives(tmp_path):
+    """The 2019-01-24 batch under BatteryML's name: CC1-CC4 policies as SOC windows, empty cycle lives null."""
+    batch = {}
+    for i in range(3):
+        cell = make_cell(1, i)
+        cell["charge_policy"] = "4.8-5.2-5.2-4.16"
+        if i != 1:
+            cell["cycle_life"] = np.empty((0, 0))  # MATLAB empty: h5py sees its dimensions [0, 0]
+        batch[f"b4c{i}"] = cell
+    write_mat(tmp_path / "MATR_batch_20190124.mat", batch)
+    result = run_ingest(IngestConfig(progress=False), str(tmp_path / "MATR_batch_20190124.mat"), str(tmp_path / "out"))
+    df = pd.read_parquet(tmp_path / "out")
+    assert sorted(df.cell_key.unique()) == ["b4c0", "b4c1", "b4c2"] and set(df.batch_number) == {4}
+    assert df[["charge_policy_Q1", "charge_policy_Q2", "charge_policy_Q3", "charge_policy_Q4"]].iloc[0].tolist() \
+        == [4.88, 5.2, 4.576, 1.632]
+    lives = df.groupby("cell_key").cycle_life.first()
+    assert lives.isna().tolist() == [True, False, True] and lives["b4c1"] == batch["b4c1"]["cycle_life"][0][0]
+    assert not (df.cycle_life == 0).any()
+    missing = [w.message for w in result.warnings if w.kind == "missing_cycle_life"]
+    assert len(missing) == 2 and any("b4c0" in m for m in missing) and any("b4c2" in m for m in missing)
+
+
+def test_known_bad_cycles_and_time_resets_repaired_and_counted_strict_refuses(tmp_path, capsys):
+    from msenc_cli import main as cli
+
+    b1 = {f"b1c{i}": make_cell(1, i, n_cycles=13 if i == 0 else 3) for i in range(3)}
+    t = b1["b1c1"]["cycles"]["2"]["t"]
+    t[4:] = t[4:] - t[4] + 0.01  # the cycle's clock restarts after row 4
+    (tmp_path / "in").mkdir()
+    write_mat(tmp_path / "in" / "MATR_batch_20170512.mat", b1)
+    out = tmp_path / "out"
+    code = cli.main(["ingest", "--input-path", str(tmp_path / "in"), "--output-dir", str(out), "--strict",
+                     "--progress", "false"])
+    assert code != 0 and not out.exists()
+    assert "b1c0, cycle 11: a known corrupt cycle" in capsys.readouterr().err
+    result = run_ingest(IngestConfig(progress=False), str(tmp_path / "in"), str(out))
+    assert result.repair_counts["known_bad_cycle"] == len(b1["b1c0"]["cycles"]["11"]["I"])
+    assert result.repair_counts["time_reset"] == 1
+    recs = {(r.kind, r.cell_key): r for r in result.repairs}
+    assert recs[("known_bad_cycle", "b1c0")].cycles == {"11": len(b1["b1c0"]["cycles"]["11"]["I"])}
+    assert recs[("time_reset", "b1c1")].cycles == {"2": 1} and recs[("time_reset", "b1c1")].action == "rebased"
+    df = pd.read_parquet(out)
+    assert 11 not in set(df[df.cell_key == "b1c0"].cycle_number)  # excluded; later cycles keep their numbers
+    assert 12 in set(df[df.cell_key == "b1c0"].cycle_number)
+    assert np.all(np.diff(df[(df.cell_key == "b1c1") & (df.cycle_number == 2)].time.to_numpy()) >= 0)
+    unmatched = " ".join(w.message for w in result.warnings if w.kind == "cleaning_rule_unmatched")
+    assert "b1c18" in unmatched and "b1c8" in unmatched  # rules with nothing to do are reported
+    # without the corrupt cycle, the time reset alone is refused under --strict
+    (tmp_path / "in2").mkdir()
+    write_mat(tmp_path / "in2" / "MATR_batch_20170512.mat", {**b1, "b1c0": make_cell(1, 0)})
+    with pytest.raises(InputDataError, match=r"cell 'b1c1', column 'time': time goes backwards inside cycle 2"):
+        run_ingest(IngestConfig(progress=False, strict=True), str(tmp_path / "in2"), str(tmp_path / "out2"))
+
+
+def test_legacy_notebook_pickles_are_refused(tmp_path, batches):
+    legacy = {}
+    for key, cell in list(batches[2].items())[:3]:
+        cycles = {j: {**c, "I": c["Qc"].copy(), "Qd": c["Qc"].copy()} for j, c in cell["cycles"].items()}
+        legacy[key] = {**cell, "cycles": cycles}
+    write_pickle(tmp_path / "batch2.pkl", legacy)
+    with pytest.raises(InputDataError, match=r"batch2\.pkl: cell b2c0: 'I' and 'Qd' are copies of 'Qc'.*d33d7ca"):
         run_ingest(IngestConfig(progress=False), str(tmp_path / "batch2.pkl"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_mat_file_is_named(mat_dir, tmp_path):
+    data = next(mat_dir.glob("2017-06-30*.mat")).read_bytes()
+    (tmp_path / "MATR_batch_20170630.mat").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputDataError, match=r"MATR_batch_20170630\.mat: (not a MATLAB v7\.3 \(HDF5\) file, or "
+                                             r"truncated|cell b2c\d+: unexpected or truncated \.mat structure)"):
+        run_ingest(IngestConfig(progress=False), str(tmp_path), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

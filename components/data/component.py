@@ -20,8 +20,10 @@ def data(
     """Unified battery table (one Parquet file per cell).
 
     With an empty ``source_uri`` the embedded synthetic cycler data is generated (``size`` tiny|demo|bench,
-    ``seed``). Otherwise ``source_uri`` (s3:// or a path the pod can read: unified CSV/Parquet, Severson
-    .mat or batch pickles) is ingested with ``format`` auto|csv|parquet|severson-mat|severson-pickle.
+    ``seed``). Otherwise ``source_uri`` (s3:// or a path the pod can read: unified CSV/Parquet, MATR .mat or
+    batch pickles, BatteryML/BatteryLife processed cells, CSV exports with an msenc-mapping.yaml beside them,
+    cycler files when the image has beep) is ingested with ``format`` (auto recognises each file; or one of
+    msenc ingest's formats). Repairs are counted in the artifact's manifest.
     ``source_fingerprint`` (the ``fingerprint`` step's hash of ``source_uri``) is not read: it keys KFP's cache
     to the source's content. ``config_yaml`` sets further fields of GenerateDataConfig / IngestConfig.
     """

@@ -6,9 +6,13 @@ Formats (original-workflow.md §1.2, §1.3):
   breakpoint up to ``Pk``; the last rate fills the rest of the 100 slots. Quartile k = mean of slots
   ``[25(k-1), 25k)``, rounded to 3 decimals. ``3.6C(80%)-1.6C`` -> ``[3.6, 3.6, 3.6, 2.0]``;
 * a single rate ``4.8C`` -> four times 4.8;
-* direct quartiles ``4-6-5.6-4.2`` (closed-loop optimisation dataset) -> ``[4.0, 6.0, 5.6, 4.2]``.
+* closed-loop policies ``CC1-CC2-CC3-CC4`` (Attia et al. 2020; MATR 2018-08-28 and later, e.g.
+  ``4.8-5.2-5.2-4.16``): four 20 %-SOC windows covering 0-80 %, then 1C to 100 % (the CC-CV step every MATR
+  cell ends its charge with). ``4.8-5.2-5.2-4.16`` -> ``[4.88, 5.2, 4.576, 1.632]``. (beep-data-utils read
+  these four numbers as the quartiles themselves, which puts 80 % SOC at 100 % and drops the 1C tail.)
 
 A ``charge_policy_`` prefix, a ``-newstructure`` suffix (Severson batch 3) and spaces are ignored.
+:func:`window_quartiles` gives the quartiles of explicit SOC windows (BatteryML's charge protocols).
 """
 
 from __future__ import annotations
@@ -56,32 +60,60 @@ def policy_soc_rates(policy: str) -> np.ndarray:
     return slots
 
 
+CLOSED_LOOP_WINDOWS = 4  # CC1..CC4, 20 % SOC each
+CLOSED_LOOP_WINDOW_PCT = 20
+TAIL_RATE = 1.0  # MATR cells charge 80-100 % SOC at 1C CC-CV
+
+
+def quartiles_of_slots(slots: np.ndarray, num_quantiles: int = 4) -> list[float]:
+    """Mean C-rate of each SOC quantile of 100 percent slots, rounded to 3 decimals (NaN where a slot is unknown)."""
+    width = 100 // num_quantiles
+    # np.round on the float64 mean, as the original (round() of a numpy scalar) does.
+    return [float(np.round(np.mean(slots[k * width : (k + 1) * width]), 3)) for k in range(num_quantiles)]
+
+
+def window_quartiles(windows: list[tuple[float, float, float]], num_quantiles: int = 4) -> list[float]:
+    """Quartile C-rates of charge windows ``(start_pct, end_pct, rate)``; a quartile with SOC no window covers is
+    NaN. Later windows overwrite earlier ones where they overlap."""
+    slots = np.full(100, np.nan)
+    for start, end, rate in windows:
+        lo, hi = int(round(max(0.0, start))), int(round(min(100.0, end)))
+        if hi > lo:
+            slots[lo:hi] = rate
+    return quartiles_of_slots(slots, num_quantiles)
+
+
+def closed_loop_rates(policy: str) -> list[float] | None:
+    """The four CC rates of a closed-loop policy ``CC1-CC2-CC3-CC4`` (module doc), or None for another format."""
+    text = normalize_policy(policy)
+    parts = text.split("-")
+    if "(" in text or len(parts) < 2 or not all(_RATE.match(p) for p in parts):
+        return None
+    if len(parts) != CLOSED_LOOP_WINDOWS:
+        raise InputDataError(f"charge policy {policy!r}: a closed-loop policy has {CLOSED_LOOP_WINDOWS} "
+                             "dash-separated C-rates (CC1-CC2-CC3-CC4), or use '<rate>C(<pct>%)-...-<rate>C'")
+    return [float(_RATE.match(p)["rate"]) for p in parts]
+
+
 def parse_charge_policy(policy: str, num_quantiles: int = 4) -> list[float]:
     """Quartile C-rates of a charge policy string (see the module doc for the accepted formats).
 
     Raises :class:`InputDataError` (naming the policy) for a string that fits no format.
     """
     text = normalize_policy(policy)
-    if "C" not in text and "-" in text:
-        parts = text.split("-")
-        if len(parts) == num_quantiles:
-            try:
-                return [float(p) for p in parts]
-            except ValueError:
-                pass
-        raise InputDataError(
-            f"charge policy {policy!r}: expected {num_quantiles} dash-separated C-rates "
-            "or '<rate>C(<pct>%)-...-<rate>C'"
-        )
+    if "C" not in text and "-" in text and "(" not in text and not all(_RATE.match(p) for p in text.split("-")):
+        raise InputDataError(f"charge policy {policy!r}: expected {CLOSED_LOOP_WINDOWS} dash-separated C-rates "
+                             "or '<rate>C(<pct>%)-...-<rate>C'")
+    rates = closed_loop_rates(text)
+    if rates is not None:
+        windows = [(CLOSED_LOOP_WINDOW_PCT * i, CLOSED_LOOP_WINDOW_PCT * (i + 1), r) for i, r in enumerate(rates)]
+        return window_quartiles([*windows, (CLOSED_LOOP_WINDOW_PCT * len(rates), 100, TAIL_RATE)], num_quantiles)
     if "(" not in text and text.count("C") == 1 and text.endswith("C"):
         m = _RATE.match(text)
         if not m:
             raise InputDataError(f"charge policy {policy!r}: not a C-rate")
         return [float(m["rate"])] * num_quantiles
-    slots = policy_soc_rates(policy)
-    width = 100 // num_quantiles
-    # np.round on the float64 mean, as the original (round() of a numpy scalar) does.
-    return [float(np.round(np.mean(slots[k * width : (k + 1) * width]), 3)) for k in range(num_quantiles)]
+    return quartiles_of_slots(policy_soc_rates(policy), num_quantiles)
 
 
 def format_policy(stages: list[tuple[float, float]], final_rate: float) -> str:

@@ -23,7 +23,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from msenc_lib import layout, storage
-from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, NUMERIC_COLUMNS
+from msenc_lib.data.repair import RepairLog
+from msenc_lib.data.schema import FLOAT_COLUMNS, ID_COLUMN, NUMERIC_COLUMNS, UNIFIED_COLUMNS
 from msenc_lib.data.validate import ROW_MEANING, UnifiedValidator, ValidationReport
 from msenc_lib.errors import InputDataError
 
@@ -49,20 +50,25 @@ def format_of(path: str) -> str | None:
     return None
 
 
-def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, list[str]]:
-    """Files named by a path/folder/glob, their format, and files skipped (other formats, ``_*``/``.*``).
-
-    In a folder, names starting with ``_`` or ``.`` (manifests, the ``_csv`` export, staging folders)
-    are skipped, so a unified output directory can itself be an input.
-    """
-    if fmt not in FORMATS:
-        raise InputDataError(f"unknown input format {fmt!r} (choose from {FORMATS})")
+def list_inputs(input_uri: str) -> list[str]:
+    """Files named by a path/folder/glob (local or s3://). In a folder, names starting with ``_`` or ``.``
+    (manifests, the ``_csv`` export, staging folders) are skipped, so a unified output directory can itself be
+    an input."""
     input_uri = str(input_uri)
     files = storage.expand(input_uri)
     if not files:
         raise InputDataError(f"no input files found at {input_uri}")
     if storage.is_dir(input_uri):
         files = [f for f in files if not layout.is_hidden(layout.relative_to(f, input_uri))]
+    return files
+
+
+def resolve_inputs(input_uri: str, fmt: str = "auto") -> tuple[list[str], str, list[str]]:
+    """Files named by a path/folder/glob (:func:`list_inputs`), their format, and files of other formats."""
+    if fmt not in FORMATS:
+        raise InputDataError(f"unknown input format {fmt!r} (choose from {FORMATS})")
+    input_uri = str(input_uri)
+    files = list_inputs(input_uri)
     kinds = {f: format_of(f) for f in files}
     if fmt == "auto":
         found = sorted({k for k in kinds.values() if k})
@@ -192,12 +198,12 @@ def base_csv_types(names: list[str]) -> dict[str, pa.DataType]:
 class _Validated:
     """A sink that validates and normalises the batches of one read attempt before handing them on."""
 
-    def __init__(self, source: str, names: list[str], sink: Sink, allow_nan: bool):
-        self.source, self.names, self.sink, self.allow_nan = source, names, sink, allow_nan
+    def __init__(self, source: str, names: list[str], sink: Sink, allow_nan: bool, strict: bool):
+        self.source, self.names, self.sink, self.allow_nan, self.strict = source, names, sink, allow_nan, strict
         self.restart()
 
     def restart(self) -> None:
-        self.validator = UnifiedValidator(self.source, allow_nan=self.allow_nan)
+        self.validator = UnifiedValidator(self.source, allow_nan=self.allow_nan, strict=self.strict)
         self.validator.check_columns(self.names)
         self.offset = 0
 
@@ -207,19 +213,25 @@ class _Validated:
 
 
 def read_csv_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan: bool = False,
-                  block_size: int = DEFAULT_CSV_BLOCK, on_retry: Callable[[], None] | None = None) -> ValidationReport:
-    """Stream one unified CSV into ``sink`` (validated, normalised batches). ``on_retry`` is called before a
-    re-read so the caller can discard what the first attempt handed on."""
+                  strict: bool = False, repairs: RepairLog | None = None, block_size: int = DEFAULT_CSV_BLOCK,
+                  on_retry: Callable[[], None] | None = None) -> ValidationReport:
+    """Stream one unified CSV into ``sink`` (validated, repaired, normalised batches; repairs added to
+    ``repairs``, or an error under ``strict``). ``on_retry`` is called before a re-read so the caller can discard
+    what the first attempt handed on."""
     names = read_columns(path, "csv", source)
-    validated = _Validated(source, names, sink, allow_nan)  # fails on missing columns before reading any data
+    validated = _Validated(source, names, sink, allow_nan, strict)  # fails on missing columns before reading any data
 
     def retry() -> None:
         if on_retry:
             on_retry()
         validated.restart()
 
-    read_csv(path, source, validated, fixed=base_csv_types(names), block_size=block_size, strict=NUMERIC_COLUMNS,
-             on_retry=retry)
+    # extra columns as text: the validator turns them into numbers only where no digit is lost (identifiers)
+    extras = {n: pa.string() for n in names if n not in UNIFIED_COLUMNS}
+    read_csv(path, source, validated, fixed={**base_csv_types(names), **extras}, block_size=block_size,
+             strict=NUMERIC_COLUMNS, on_retry=retry)
+    if repairs is not None:
+        repairs.merge(validated.validator.repairs)
     return validated.validator.report
 
 
@@ -230,24 +242,27 @@ def _pandas_index_columns(pf: pq.ParquetFile) -> list[str]:
 
 
 def read_parquet_file(path: str | os.PathLike, source: str, sink: Sink, *, allow_nan: bool = False,
+                      strict: bool = False, repairs: RepairLog | None = None,
                       batch_size: int = DEFAULT_PARQUET_BATCH) -> ValidationReport:
-    """Stream one Parquet file (unified columns) into ``sink`` in row batches."""
+    """Stream one Parquet file (unified columns) into ``sink`` in row batches (as :func:`read_csv_file`)."""
     try:
         pf = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise InputDataError(f"{source}: not a readable Parquet file: {e}") from None
     drop = set(_pandas_index_columns(pf))
     names = [n for n in pf.schema_arrow.names if n not in drop]
-    validator = UnifiedValidator(source, allow_nan=allow_nan)
+    validator = UnifiedValidator(source, allow_nan=allow_nan, strict=strict)
     validator.check_columns(names)
     offset = 0
     for batch in pf.iter_batches(batch_size=batch_size, columns=names):
         sink(validator.validate_batch(batch, offset))
         offset += batch.num_rows
+    if repairs is not None:
+        repairs.merge(validator.repairs)
     return validator.report
 
 
 __all__ = [
-    "FORMATS", "FORMAT_EXTENSIONS", "format_of", "resolve_inputs", "open_csv", "read_columns", "read_csv",
+    "FORMATS", "FORMAT_EXTENSIONS", "format_of", "list_inputs", "resolve_inputs", "open_csv", "read_columns", "read_csv",
     "csv_types_by_scan", "read_csv_file", "read_parquet_file",
 ]

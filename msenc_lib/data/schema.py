@@ -1,7 +1,9 @@
 """The unified table: beep-data-utils' "unified CSV" schema, one row per measured time step.
 
 Column order is exact (original-workflow.md §1.2). Units are the source's (Severson: time in minutes,
-capacities in Ah, temperature in °C); nothing is normalised.
+capacities in Ah, temperature in °C; see msenc_lib/data/README.md per format); capacities are divided by the
+nominal capacity only on request (ingest ``--normalize-capacity``). Per-cell metadata columns follow the 16
+(:data:`METADATA_COLUMNS`, null where the source does not know), then any other extra columns.
 """
 
 UNIFIED_COLUMNS: list[str] = [
@@ -32,6 +34,8 @@ REQUIRED_COLUMNS: list[str] = [
     "cell_key", "cycle_number", "time", "current", "voltage",
     "charge_capacity", "discharge_capacity", "temperature",
 ]
+# Required columns whose values may be empty where the source did not measure them (kept as null, counted).
+UNMEASURED_OK: list[str] = ["temperature"]
 OPTIONAL_COLUMNS: list[str] = [c for c in UNIFIED_COLUMNS if c not in REQUIRED_COLUMNS]
 
 # Integer columns of the original layout (cycle_number may also be float: other datasets).
@@ -46,8 +50,22 @@ NUMERIC_COLUMNS: list[str] = [c for c in UNIFIED_COLUMNS if c != ID_COLUMN]
 # request and used by the "full" Severson feature set.
 IR_COLUMN = "internal_resistance"
 
+# Per-cell metadata, appended after the 16 columns in this order (constant within a cell; null = unknown).
+METADATA_COLUMNS: list[str] = [
+    "dataset",              # source dataset: MATR, HUST, CALCE, SNL, ... (a mapping or --metadata names others)
+    "chemistry",            # cathode chemistry, e.g. LFP, NMC, NCA, LCO
+    "nominal_capacity",     # Ah
+    "form_factor",          # e.g. cylindrical_18650, pouch, prismatic
+    "ambient_temperature",  # °C, the chamber / test temperature
+]
+METADATA_TEXT_COLUMNS: list[str] = ["dataset", "chemistry", "form_factor"]
+METADATA_FLOAT_COLUMNS: list[str] = ["nominal_capacity", "ambient_temperature"]
+CAPACITY_COLUMNS: list[str] = ["charge_capacity", "discharge_capacity"]
+
 
 def canonical_order(columns: list[str]) -> list[str]:
-    """The unified columns present, in canonical order, then any extra columns in their given order."""
+    """The unified columns present, in canonical order, then the metadata columns present in theirs, then any
+    other extra columns in their given order."""
     present = set(columns)
-    return [c for c in UNIFIED_COLUMNS if c in present] + [c for c in columns if c not in UNIFIED_COLUMNS]
+    known = UNIFIED_COLUMNS + METADATA_COLUMNS
+    return [c for c in known if c in present] + [c for c in columns if c not in known]

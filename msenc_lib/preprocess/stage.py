@@ -7,9 +7,10 @@ Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-wo
   maximum over itself and every later row (a running maximum from the end backwards);
 * rows are sorted by ``time_columns`` (ascending, nulls first; rows with equal keys keep their input order,
   which the original leaves open);
-* a time step = every column except ``id_column`` and ``exclude_features``, in table column order, floats
-  as ``str(round(x, decimal_precision))``, integers as ``str(x)``, nulls as the unk token, joined by
-  ``value_sep``; time steps joined by the time separator;
+* a time step = every column except ``id_column``, ``exclude_features`` and the per-cell metadata columns
+  (unless ``metadata_features``), in table column order, floats as ``str(round(x, decimal_precision))``,
+  integers as ``str(x)``, nulls as the unk token, joined by ``value_sep``; time steps joined by the time
+  separator;
 * training mode (``--is-training-shuffled``, default): one sequence per cell; the time steps of every cell
   are reordered by ONE permutation of ``range(max_len)`` (``max_len`` = the longest cell; indices beyond a
   cell's length are dropped), drawn from ``numpy.random.default_rng(seed)``;
@@ -20,7 +21,8 @@ Text rules (the original ``beep_preprocessor.preprocess``, ../shared/original-wo
 
 Output (``design.md`` §2)::
 
-    OUT/sequences/part-00000.parquet ...  cell_key, [cycle_number], input_ids list<int32>, n_tokens int32
+    OUT/sequences/part-00000.parquet ...  cell_key, [cycle_number], input_ids list<uint8>, n_tokens int32
+                                          (ids: the narrowest integer type for the vocabulary, token_id_type)
     OUT/tokenizer/                        AutoTokenizer.from_pretrained(OUT/tokenizer)
     OUT/preprocess_config.yaml, OUT/manifest.json, [OUT/text/<cell>.csv  (the original per-cell CSV)]
 
@@ -31,9 +33,12 @@ files (filtered by the cutoff), so one big multi-cell CSV needs memory for one b
 local disk for its needed columns). Cells are then grouped, in ``cell_key`` order, into shards of about
 ``shard_rows`` input rows; each shard is one task for the ``--workers`` processes and holds one cell in
 memory at a time. Shard boundaries depend only on the data, so the output is identical for any number of
-workers. Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in tokenizer it is
-written directly as token ids, without a tokenizer call. s3:// inputs are downloaded to a temporary folder
-first; the output goes through ``storage.publish`` (nothing is left at the output URI on failure).
+workers. Workers start with allocator settings that make them reuse their memory from cell to cell
+(:data:`WORKER_ENV`). Text is made by :mod:`msenc_lib.preprocess.textformat` (vectorised, exact); for the built-in
+tokenizer it is written directly as token ids, without a tokenizer call. Token ids are stored in the narrowest
+integer type the vocabulary allows and delta-encoded (:data:`PARQUET_OPTIONS`); readers get them as integers
+of any width. s3:// inputs are downloaded to a temporary folder first; the output goes through
+``storage.publish`` (nothing is left at the output URI on failure).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import concurrent.futures as cf
 import contextlib
 import logging
 import multiprocessing
+import os
 import tempfile
 import time
 import zlib
@@ -55,6 +61,7 @@ from pydantic import BaseModel, Field, field_validator
 from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.readers import read_columns
+from msenc_lib.data.schema import METADATA_COLUMNS
 from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.progress import progress_bar
 from msenc_lib.preprocess.scan import (CellInfo, FileScan, cutoff_mask, input_files, merge_minima, resolve_types,
@@ -65,10 +72,13 @@ log = logging.getLogger(__name__)
 STREAM_COLUMN = "battery_stream"  # the original's text column name
 SMOOTH_COLUMN = "charge_capacity"  # hard-coded in the original
 SMOOTH_MAX = 1.1
+# A training sequence is one Parquet value of millions of token ids, so its page holds them all: dictionary
+# encoding would buffer one int32 index per id (grown by copying), delta encoding streams them.
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 1,
-    "use_dictionary": True,
+    "use_dictionary": ["cell_key", "cycle_number"],
+    "column_encoding": {"input_ids.list.element": "DELTA_BINARY_PACKED"},
     "write_statistics": ["cell_key", "cycle_number", "n_tokens"],
     "data_page_size": 1 << 20,
 }
@@ -95,6 +105,9 @@ class PreprocessConfig(StageConfig):
                                          "value by the maximum over it and all later rows of the cell")
     exclude_features: list[str] = Field(default_factory=list, description="columns left out of the text "
                                         "(comma-separated)")
+    metadata_features: bool = Field(False, description="put the per-cell metadata columns (dataset, chemistry, "
+                                    "nominal_capacity, form_factor, ambient_temperature) in the text; by default "
+                                    "they are left out like the id column")
     decimal_precision: int = Field(4, ge=0, le=30, description="floats are written as str(round(x, N))")
     time_cutoff: list[float] | None = Field(None, description="keep rows with time_columns[k] <= cutoff[k] "
                                             "(comma-separated, matched to time_columns in order)")
@@ -164,6 +177,7 @@ class Plan:
     write_text: bool
     id_column: str
     alphabet: Any  # textformat.Alphabet: token ids (built-in tokenizer) or text (TEXT)
+    id_type: Any  # pa.DataType of the token ids (token_id_type)
     builtin: bool
     tokenizer_dir: str | None
     tokenizer_name: str
@@ -294,6 +308,18 @@ def _unencodable(column: str | None, example: str | None, cell: str, tokenizer: 
         f"{cell!r}); leave it out with --exclude-features {column}, or use a tokenizer that covers it")
 
 
+def token_id_type(vocab_size: int):
+    """The narrowest integer type that holds every token id: uint8 for the built-in vocabulary (23 tokens),
+    uint16 up to 65,536 tokens, else int32."""
+    import pyarrow as pa
+
+    if vocab_size <= 1 << 8:
+        return pa.uint8()
+    if vocab_size <= 1 << 16:
+        return pa.uint16()
+    return pa.int32()
+
+
 def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of the formatted codes and the offsets of each sequence in them.
 
@@ -302,8 +328,8 @@ def _encode(flat: np.ndarray, seq_bounds: np.ndarray, plan: Plan) -> tuple[np.nd
     special token that tokenizers split on first), all pieces of all sequences in one batched call."""
     from msenc_lib.preprocess.textformat import SEP_BYTE, to_text
 
-    if plan.builtin:
-        return flat.astype(np.int32), seq_bounds.astype(np.int64)
+    if plan.builtin:  # the codes are the token ids, already uint8
+        return flat, seq_bounds.astype(np.int64)
     tok = _hf_tokenizer(plan.tokenizer_dir)
     texts: list[str] = []
     counts: list[int] = []
@@ -404,7 +430,7 @@ def process_cell(info: CellInfo, plan: Plan, check_roundtrip: bool = False):
         raise InputDataError(f"cell {info.cell_key!r}: {offsets[-1]} tokens exceed the 2**31 limit of one shard "
                              "column; use a --time-cutoff or embedding mode")
     n_seq = len(offsets) - 1
-    list_arr = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
+    list_arr = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids).cast(plan.id_type))
     cols: dict[str, Any] = {"cell_key": pa.array([info.cell_key] * n_seq, pa.string())}
     if group_values is not None:
         gtype = group_values.type
@@ -461,6 +487,36 @@ def process_shard(task: tuple) -> dict[str, Any]:
     return {"shard": path.name, "index": shard_index, "cells": stats}
 
 
+# The environment a worker process starts with, so that it reuses its memory from cell to cell. A worker
+# allocates and frees the same few hundred MB for every cell; with Arrow's default allocator (mimalloc, which
+# returns freed pages to the kernel) and numpy's huge-page advice on large arrays, every cell's buffers were
+# faulted in and zero-filled anew, and on VMs with transparent_hugepage/defrag = madvise the kernel also
+# compacted memory for each 2 MiB page: on a 2-core Intel Xeon KVM guest that system time was as large as the
+# work itself. Arrow reads ARROW_DEFAULT_MEMORY_POOL and numpy NUMPY_MADVISE_HUGEPAGE when imported, glibc its
+# MALLOC_* settings at start (32 MiB is the largest mmap threshold it accepts); values set by the user win.
+# A worker is one core's work: no OpenBLAS thread pool spinning beside it.
+WORKER_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+    "NUMPY_MADVISE_HUGEPAGE": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``values`` added to ``os.environ`` (where not set already) inside the block, for child processes."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def _worker_init() -> None:
     import pyarrow as pa
 
@@ -468,14 +524,21 @@ def _worker_init() -> None:
     pa.set_io_thread_count(2)
 
 
+# With one worker, inputs of this many rows still go to a worker process, so that they run with WORKER_ENV
+# (about 1 s of start-up, against about 1.5 us of system time per row saved on the Intel Xeon VM).
+SPAWN_MIN_ROWS = 1_000_000
+
+
 @contextlib.contextmanager
-def _worker_pool(workers: int):
-    """Spawned worker processes for ``workers > 1`` (None: run in this process)."""
-    if workers <= 1:
+def _worker_pool(workers: int, spawn_one: bool = False):
+    """Spawned worker processes for ``workers > 1``, or one for ``spawn_one`` (None: run in this process)."""
+    if workers <= 1 and not spawn_one:
         yield None
         return
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+    # Workers are spawned as tasks are submitted, so the environment stays set while the pool lives.
+    with _environment(WORKER_ENV), \
+            cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         yield pool
 
 
@@ -587,6 +650,8 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                     f"{sorted(set(other) - set(columns))}); all inputs need the same columns ('msenc ingest' "
                     "unifies them)")
         excluded = set(config.exclude_features) | {config.id_column}
+        if not config.metadata_features:
+            excluded |= set(METADATA_COLUMNS)
         text_columns = [c for c in columns if c not in excluded]
         if not text_columns:
             raise ConfigError("no column left for the text: every column is the id or excluded")
@@ -646,14 +711,16 @@ def run_preprocess(config: PreprocessConfig, input_uri: str, output_uri: str,
                 smooth=config.smooth_charge_capacity, precision=config.decimal_precision, value_sep=value_sep,
                 time_sep=loaded.time_sep, unk_text=loaded.unk_text, seed=config.seed, max_len=max_len,
                 schema=schema, staging=str(staging), write_text=config.text, id_column=config.id_column,
-                alphabet=loaded.alphabet or TEXT, builtin=loaded.builtin,
+                alphabet=loaded.alphabet or TEXT, id_type=token_id_type(loaded.vocab_size()), builtin=loaded.builtin,
                 tokenizer_dir=None if loaded.builtin else str(tok_dir),
                 tokenizer_name=loaded.name,
             )
             shards = _plan_shards(kept, config.shard_rows)
             shard_tasks = [(i, s, plan) for i, s in enumerate(shards)]
-            results = _run_tasks(process_shard, shard_tasks, pool, f"preprocess ({mode})",
-                                 config.progress, weights=[sum(c.rows for c in s) for s in shards])
+            rows = sum(c.rows for c in kept)
+            with _worker_pool(1, spawn_one=pool is None and rows >= SPAWN_MIN_ROWS) as one:
+                results = _run_tasks(process_shard, shard_tasks, pool or one, f"preprocess ({mode})",
+                                     config.progress, weights=[sum(c.rows for c in s) for s in shards])
             cell_stats = [st for r in results for st in r["cells"]]
             checks = [st.pop("lossless", True) for st in cell_stats]
             lossless = loaded.builtin or all(checks)

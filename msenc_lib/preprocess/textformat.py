@@ -149,11 +149,13 @@ _GROUP = 10_000  # integers are written 4 digits at a time
 
 
 def _tables(zero: int, pad: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Code tables for digit code ``zero`` (0..9 consecutive) and padding ``pad``:
+    """Code tables for digit code ``zero`` (0..9 consecutive) and padding ``pad``, each entry 4 codes packed in
+    one uint32 (read with :func:`_rows4`):
 
-    * integer groups ``(3 * 10**4, 4)``: ``v`` right-aligned without leading zeros (``0`` -> ``"0"``), then
+    * integer groups ``(3 * 10**4,)``: ``v`` right-aligned without leading zeros (``0`` -> ``"0"``), then
       ``v`` zero-padded to 4 digits, then all padding;
-    * fractions ``{p: (10**p, p)}`` for p = 1..4: the p digits of ``f`` without trailing zeros (one kept).
+    * fractions ``{p: (10**p,)}`` for p = 1..4: the p digits of ``f`` without trailing zeros (one kept), then
+      padding up to 4 codes.
     """
     key = (zero, pad)
     got = _TABLES.get(key)
@@ -171,16 +173,29 @@ def _tables(zero: int, pad: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
             d = np.stack([(f // 10 ** (p - 1 - j)) % 10 for j in range(p)], axis=1)
             kept = np.cumsum((d != 0)[:, ::-1], axis=1)[:, ::-1] > 0
             kept[:, 0] = True
-            fracs[p] = np.where(kept, d + zero, pad).astype(np.uint8)
-        got = (ints, fracs)
+            codes = np.full((10 ** p, 4), pad, np.uint8)
+            codes[:, :p] = np.where(kept, d + zero, pad)
+            fracs[p] = _packed(codes)
+        got = (_packed(ints), fracs)
         _TABLES[key] = got
     return got
+
+
+def _packed(codes: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` uint8 codes as ``(n,)`` uint32, one entry per row."""
+    return np.ascontiguousarray(codes, dtype=np.uint8).view(np.uint32).reshape(len(codes))
+
+
+def _rows4(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``(len(index), 4)`` codes of a packed table: one 4-byte gather per row (about 3x faster than
+    gathering rows of an ``(n, 4)`` uint8 table)."""
+    return table.take(index).view(np.uint8).reshape(len(index), 4)
 
 
 def _int_codes(value: np.ndarray, k: int, ints: np.ndarray) -> np.ndarray:
     """``(n, k)`` codes of ``value >= 0`` right-aligned in ``k`` slots, leading slots padding."""
     if k <= 4:  # value < 10**k: one group, no leading-zero groups
-        return ints[value][:, 4 - k:]
+        return _rows4(ints, value)[:, 4 - k:]
     if k > 8:
         value = value.astype(np.int64, copy=False)
     out = np.empty((len(value), k), dtype=np.uint8)
@@ -191,7 +206,7 @@ def _int_codes(value: np.ndarray, k: int, ints: np.ndarray) -> np.ndarray:
             mode = (value >= _GROUP).astype(np.intp)
         else:
             mode = np.where(value >= low * _GROUP, 1, np.where(value >= low, 0, 2))
-        codes = ints[part + mode * _GROUP]
+        codes = _rows4(ints, part + mode * _GROUP)
         right = k - 4 * g
         left = max(0, right - 4)
         out[:, left:right] = codes[:, 4 - (right - left):]
@@ -247,7 +262,9 @@ def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alp
     frac = di - ipart * itype(scale)
     imax = int(ipart.max()) if n else 0
     k = max(1, len(str(imax)))
-    base = 1 + k + 1 + max(precision, 1)
+    negative = np.signbit(x)
+    sign = 1 if negative.any() else 0  # a sign slot only where some value needs one: fewer codes to compact
+    base = sign + k + 1 + max(precision, 1)
 
     slow = ~fast if valid is None else ~fast & valid
     specials = []
@@ -265,13 +282,14 @@ def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alp
     ints, fracs = _tables(zero, pad)
 
     def write(dest: np.ndarray) -> None:
-        dest[:, 0] = np.where(np.signbit(x), ab.code("-"), pad)
-        dest[:, 1: 1 + k] = _int_codes(ipart, k, ints)
-        dest[:, 1 + k] = ab.code(".")
+        if sign:
+            dest[:, 0] = np.where(negative, ab.code("-"), pad)
+        dest[:, sign: sign + k] = _int_codes(ipart, k, ints)
+        dest[:, sign + k] = ab.code(".")
         if precision <= 0:
-            dest[:, 2 + k] = zero
+            dest[:, sign + 1 + k] = zero
         elif precision <= 4:
-            dest[:, 2 + k: 2 + k + precision] = fracs[precision][frac]
+            dest[:, sign + 1 + k: sign + 1 + k + precision] = _rows4(fracs[precision], frac)[:, :precision]
         else:
             r = frac.copy()
             seen = np.zeros(n, dtype=bool)
@@ -279,7 +297,7 @@ def _prep_float(x: np.ndarray, valid: np.ndarray | None, precision: int, ab: Alp
                 dgt = r % 10
                 r //= 10
                 seen |= dgt != 0
-                dest[:, 2 + k + j] = dgt + zero if j == 0 else np.where(seen, dgt + zero, pad)
+                dest[:, sign + 1 + k + j] = dgt + zero if j == 0 else np.where(seen, dgt + zero, pad)
         if width > base:
             dest[:, base:] = pad
         for mask, codes in specials:
@@ -309,13 +327,17 @@ def _prep_int(values: np.ndarray, valid: np.ndarray | None, ab: Alphabet) -> Pre
     k = max(1, len(str(amax)))
     ints, _ = _tables(ab.code("0"), ab.pad)
 
+    negative = v < 0
+    sign = 1 if negative.any() else 0
+
     def write(dest: np.ndarray) -> None:
-        dest[:, 0] = np.where(v < 0, ab.code("-"), ab.pad)
-        dest[:, 1:] = _int_codes(a, k, ints)
+        if sign:
+            dest[:, 0] = np.where(negative, ab.code("-"), ab.pad)
+        dest[:, sign:] = _int_codes(a, k, ints)
         if valid is not None:
             _overwrite_rows(dest, ~valid, np.array([ab.unk], np.uint8), ab.pad)
 
-    return k + 1, write
+    return k + sign, write
 
 
 def _prep_words(words: list[bytes | None], valid: np.ndarray | None, ab: Alphabet) -> Prepared:
