@@ -11,7 +11,7 @@ from typing import Sequence
 from pydantic import BaseModel
 
 from msenc_lib import __version__
-from msenc_lib.errors import MsencError
+from msenc_lib.errors import EXIT_INTERRUPTED, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,21 +44,23 @@ def set_runtime_defaults() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status says what kind of error stopped it (msenc_lib.errors, README)."""
     set_runtime_defaults()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # their INFO lines only with -vv
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING) if args.verbose < 2 else level)
     try:
         result = args.func(args)
-    except MsencError as e:
-        print(f"msenc {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"msenc {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        code = report(e, args.command)
+        if code is None:  # a bug: the traceback helps
+            raise
+        return code
     if isinstance(result, BaseModel):
         print(result.model_dump_json())
     return 0

@@ -1,6 +1,7 @@
 """Copy a run's results to a stable place in object storage, and find the newest model there again.
 
-``<export_uri>/<run>/<name>/`` per exported artifact (model, embeddings, evaluation, ...), then
+``<export_uri>/<run>/<name>/`` per exported artifact (model, embeddings, evaluation, ...), published together
+(one ``storage.publish`` of the run folder: a failed export leaves no part of the run), then
 ``<export_uri>/LATEST`` (one line: the run's name) is replaced. A scheduled retraining passes the same
 ``init_model_uri=<export_uri>`` every time and so always warm-starts from the newest exported model.
 """
@@ -40,9 +41,10 @@ def run_export(config: ExportConfig, artifacts: dict[str, str], export_uri: str,
     start = time.perf_counter()
     run_uri = storage.join(export_uri, run_name)
     exported = {}
-    for name, src in artifacts.items():
-        exported[name] = storage.join(run_uri, name)
-        storage.copy_tree(src, exported[name], overwrite=overwrite)
+    with storage.publish(run_uri, overwrite=overwrite) as staging:  # the run's artifacts appear together
+        for name, src in artifacts.items():
+            exported[name] = storage.join(run_uri, name)
+            storage.stage_copy(src, staging / name)
     latest = None
     if config.update_latest:
         latest = storage.join(export_uri, LATEST_FILE)

@@ -6,12 +6,28 @@ the msenc image; nothing here imports kfp.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from pydantic import BaseModel
 
 from msenc_lib.config import StageConfig, parse_document
+
+
+@contextlib.contextmanager
+def step_errors(step: str) -> Iterator[None]:
+    """Around a component body: an error a user can act on ends the step with its one-line message and its
+    exit status (msenc_lib.errors), as the CLI does; a bug keeps its traceback."""
+    from msenc_lib.errors import report
+
+    try:
+        yield
+    except Exception as e:
+        code = report(e, step)
+        if code is None:
+            raise
+        raise SystemExit(code) from None
 
 
 def component_config(config_cls: type[StageConfig], config_yaml: str = "", **params: Any) -> StageConfig:

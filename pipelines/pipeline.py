@@ -13,6 +13,14 @@ steps that read external URIs whose content can change are keyed to that content
 ``fingerprint`` step hashes ``data_source_uri`` / ``split_config_uri`` and passes the hash to the reader.
 ``train`` (warm starts read ``init_model_uri``; GPU time) and ``export`` (writes outside the pipeline root)
 never use the cache.
+
+Retries: every step is retried ``RETRIES`` times with exponential backoff. KFP (Argo underneath) retries a
+failed task whatever its exit status, and neither the SDK nor the IR can limit retries to some statuses; so
+the policy is sized for what a retry can fix (an unreachable or throttling object store, exit 138; a killed
+or evicted pod) and stays cheap for what it cannot: a step that fails on bad input (3), config (2) or a
+permanent environment fault (4) fails the same way, with the same one-line message, in its retries. Every
+step is idempotent (it publishes its output whole, replacing an unfinished one), so a retry never mixes
+outputs.
 """
 
 from typing import Optional
@@ -37,6 +45,9 @@ DEFAULT_TARGETS = "charge_policy_Q1,charge_policy_Q2,charge_policy_Q3,charge_pol
 # Left out of the token streams by default: the cycle-life label itself (it would leak the target into the
 # embeddings) and two columns that are constant in Severson-style data.
 DEFAULT_EXCLUDED = "cycle_life,discharge_policy,batch_number"
+# A transient storage fault gets about 30 s + 60 s to clear before the step fails for good.
+RETRIES = 2
+RETRY_BACKOFF = dict(backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
 STEPS = ("fingerprint", "data", "preprocess", "split", "train", "embed", "evaluate", "export")
 
 
@@ -119,7 +130,8 @@ class PipelineOptions(BaseModel):
 
 
 def _platform(task: dsl.PipelineTask, step: str, opts: PipelineOptions, train: bool = False) -> dsl.PipelineTask:
-    """Storage credentials, resources and placement of one step's pod."""
+    """Storage credentials, resources, placement and the retry policy of one step's pod."""
+    task.set_retry(num_retries=RETRIES, **RETRY_BACKOFF)
     kubernetes.use_secret_as_env(task, opts.storage_secret, {opts.access_key_key: "AWS_ACCESS_KEY_ID",
                                                              opts.secret_key_key: "AWS_SECRET_ACCESS_KEY"})
     optional = {key: env for key, env in ((opts.endpoint_key, "AWS_ENDPOINT_URL"), (opts.region_key, "AWS_DEFAULT_REGION"))
@@ -193,7 +205,7 @@ def build_pipeline(options: Optional[PipelineOptions] = None):
         source_hash.set_caching_options(False)
         data = data_op(source_uri=data_source_uri, format=data_format, size=data_size, seed=data_seed,
                        source_fingerprint=source_hash.output)
-        _platform(data, "data", opts).set_display_name("data").set_retry(num_retries=2)
+        _platform(data, "data", opts).set_display_name("data")
         unified = data.outputs["unified"]
 
         training_seqs = preprocess_op(unified=unified, is_training_shuffled=True, time_cutoff=time_cutoff,
@@ -235,7 +247,7 @@ def build_pipeline(options: Optional[PipelineOptions] = None):
             export = export_op(model=train.outputs["model"], embeddings=embed.outputs["embeddings"],
                                evaluation=evaluate.outputs["evaluation"], export_uri=export_uri,
                                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-            _platform(export, "export", opts).set_display_name("export").set_retry(num_retries=2)
+            _platform(export, "export", opts).set_display_name("export")
             export.set_caching_options(False)
 
         return evaluate.outputs["report"]

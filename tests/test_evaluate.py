@@ -13,7 +13,7 @@ import pytest
 import evaluate_fixtures as fx
 from msenc_cli import main as cli
 from msenc_lib import storage
-from msenc_lib.errors import ConfigError, InputDataError, StorageError
+from msenc_lib.errors import EXIT_INPUT, ConfigError, InputDataError, StorageError
 from msenc_lib.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from msenc_lib.evaluate.regressors import regression_metrics
 from msenc_lib.evaluate.tasks import aggregate_embeddings
@@ -387,8 +387,9 @@ def test_existing_output_needs_overwrite(handbuilt, tmp_path):
         run_evaluate(cfg, str(root / "emb"), str(root / "unified"), str(split), str(tmp_path / "o"))
     assert (tmp_path / "o" / "keep.txt").exists()
     run_evaluate(cfg, str(root / "emb"), str(root / "unified"), str(split), str(tmp_path / "o"), overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "evaluate_config.yaml", "metrics.json", "predictions_capacity.parquet", "report.html"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [  # the published marker, then the files
+        storage.PUBLISHED_MARKER, "evaluate_config.yaml", "metrics.json", "predictions_capacity.parquet",
+        "report.html"]
 
 
 # ------------------------------------------------------------------------------------------- CLI, S3
@@ -404,7 +405,7 @@ def test_cli(handbuilt, tmp_path, capsys):
     saved = EvaluateConfig.load(str(tmp_path / "o" / "evaluate_config.yaml"))
     assert saved.first_cycles == 40 and saved.en_alphas == [0.01, 0.1] and saved.cv_folds == 3
     missing_split = ["--output-dir", str(tmp_path / "o2"), "--split-config", str(tmp_path / "no.json")]
-    assert cli.main(argv + missing_split) == 2  # the last flag wins
+    assert cli.main(argv + missing_split) == EXIT_INPUT  # the last flag wins
     assert "split config not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--help"])

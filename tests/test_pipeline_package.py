@@ -57,6 +57,22 @@ def test_committed_package_uses_the_documented_placeholder_images():
     assert not any("pip install" in " ".join(e["container"]["command"]) for e in execs.values())
 
 
+def test_every_task_retries_with_backoff_and_every_body_ends_errors_in_one_line():
+    """KFP retries a task whatever its exit status: 2 retries with backoff (README "Reliability"); each
+    component body runs inside step_errors (the one-line error and its status)."""
+    spec, _ = load_package(COMMITTED_PACKAGE)
+    tasks = [t for comp in [spec["root"], *spec["components"].values()]
+             for t in comp.get("dag", {}).get("tasks", {}).values() if "componentRef" in t and
+             not t["componentRef"]["name"].startswith("comp-condition")]
+    assert {stage_of(t["componentRef"]["name"].replace("comp-", "exec-")) for t in tasks} == STAGES
+    for task in tasks:
+        assert task["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "30s", "backoffFactor": 2.0,
+                                       "backoffMaxDuration": "300s"}, task["taskInfo"]
+    execs, _ = executors(COMMITTED_PACKAGE)
+    for name, executor in execs.items():
+        assert f'with step_errors("{stage_of(name)}"):' in executor["container"]["command"][-1], name
+
+
 def test_acceptance_compile_injects_the_secret_and_resources_into_every_executor(tmp_path):
     """msenc pipeline compile --output P.yaml --image R/msenc:1 --job-image R/msenc-cuda:1 --storage-secret S"""
     package = tmp_path / "P.yaml"

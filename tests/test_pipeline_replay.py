@@ -191,7 +191,9 @@ def test_without_the_secret_injection_the_replay_fails(kubeflow, tmp_path, strip
     with pytest.raises(StepFailed) as err:
         install.replay(package).run({**TINY, **args})
     assert err.value.task == failing
-    assert "Unable to locate credentials" in err.value.log or "NoCredentialsError" in err.value.log
+    # the step ends with the one-line error and the environment-fault status, not a boto3 traceback
+    assert f"msenc {failing}: error: " in err.value.log and "no object-storage credentials" in err.value.log
+    assert "exit code 4" in str(err.value) and "Traceback" not in err.value.log
 
 
 def test_a_missing_secret_stops_the_steps_as_on_a_cluster(kubeflow):

@@ -78,11 +78,11 @@ def test_failed_upload_removes_partial_objects(s3, tmp_path, monkeypatch):
     real_upload = storage.s3_client().upload_file
     calls = {"n": 0}
 
-    def flaky(path, bucket, key):
+    def flaky(path, bucket, key, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("connection reset")
-        return real_upload(path, bucket, key)
+        return real_upload(path, bucket, key, **kwargs)
 
     monkeypatch.setattr(storage.s3_client(), "upload_file", flaky)
     with pytest.raises(OSError):

@@ -11,7 +11,7 @@ from msenc_lib.data.features import severson_features
 from msenc_lib.data.policy import parse_charge_policy
 from msenc_lib.data.schema import UNIFIED_COLUMNS
 from msenc_lib.data.synthetic import SIZES, GenerateDataConfig, run_generate_data
-from msenc_lib.errors import StorageError
+from msenc_lib.errors import EXIT_ENVIRONMENT, StorageError
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_cli_generate_data(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n_cells"] == 3 and result["n_cycles"] == 3 * 13
     assert len(list(out.glob("*.parquet"))) == 3
-    assert cli.main(args) == 2  # existing output is not replaced
+    assert cli.main(args) == EXIT_ENVIRONMENT  # existing output is not replaced
     assert "already exists" in capsys.readouterr().err
     assert cli.main(args + ["--overwrite"]) == 0
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import msenc_lib.model  # noqa: F401  (registers the model with transformers' Auto* classes)
 from msenc_cli.main import main as cli_main
 from msenc_lib import storage
-from msenc_lib.errors import ConfigError, InputDataError, StorageError
+from msenc_lib.errors import EXIT_INPUT, ConfigError, InputDataError, StorageError
 from msenc_lib.layout import read_metrics_log
 from msenc_lib.train import TrainConfig, run_train
 
@@ -54,9 +54,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def last_weights(output: str) -> dict[str, torch.Tensor]:
     """The weights after the last step (the final checkpoint's model), not the best-by-eval ones."""
-    from msenc_lib.train.checkpoint import latest_checkpoint, load_checkpoint
+    from msenc_lib.train.checkpoint import load_latest
 
-    state, _ = load_checkpoint(latest_checkpoint(output))
+    _, state, _ = load_latest(output)
     return state["model"]
 
 
@@ -178,6 +178,38 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(split_dir, tmp_path)
     assert without_timing(read_metrics_log(str(tmp_path / "straight"))) == without_timing(read_metrics_log(out))
     assert (straight.final_loss, straight.best_eval_loss, straight.best_step) == (
         resumed.final_loss, resumed.best_eval_loss, resumed.best_step)
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_and_ends_bit_identical(split_dir, tmp_path, capsys, caplog):
+    """A crash while the newest checkpoint was written (here: its state.pt truncated): --resume warns, continues
+    from the checkpoint before and ends with the same model as an uninterrupted run."""
+    common = dict(max_steps=12, save_every=4, save_total_limit=2, log_every=2, batch_size=2, seed=3)
+    straight = run_train(cfg(**common), str(split_dir), str(tmp_path / "straight"))
+    out = tmp_path / "resumed"
+    assert not run_train(cfg(**common, stop_after=8), str(split_dir), str(out)).completed
+    state = out / "checkpoints" / "step-00000008" / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    argv = ["train", "--data-dir", str(split_dir), "--output-dir", str(out), "--resume",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in {**FAST, **common}.items()]]
+    assert cli_main(argv) == 0
+    assert "skipping checkpoint step-00000008" in caplog.text and "truncated" in caplog.text
+    assert "resuming from the older checkpoint step-00000004" in caplog.text
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["resumed_from_step"] == 4 and resumed["final_loss"] == straight.final_loss
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert without_timing(read_metrics_log(str(tmp_path / "straight"))) == without_timing(read_metrics_log(str(out)))
+
+    # every checkpoint corrupt: one line naming them, nothing changed
+    for name in ("step-00000008", "step-00000012"):
+        state = out / "checkpoints" / name / "state.pt"
+        if state.exists():
+            state.write_bytes(b"x" + state.read_bytes()[1:])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert cli_main(argv + ["--max-steps=16"]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "no whole checkpoint" in err and "corrupted" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 # --------------------------------------------------------------------------------------------- DDP
@@ -352,11 +384,11 @@ def test_missing_split_or_train_sequences_is_a_clear_error(split_dir, tmp_path):
     with pytest.raises(InputDataError, match=r"no training sequences \(expected train/sequences"):
         run_train(cfg(max_steps=1), str(broken), str(tmp_path / "o2"))
     assert not (tmp_path / "o2").exists()
-    # through the CLI: exit status 2 and the message, no traceback
+    # through the CLI: the bad-input exit status and the message, no traceback
     proc = subprocess.run([sys.executable, "-m", "msenc_cli", "train", "--data-dir", str(broken), "--output-dir",
                            str(tmp_path / "o3"), "--preset", "tiny"], env=child_env(), capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 2 and "no training sequences" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == EXIT_INPUT and "no training sequences" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_init_model_with_another_vocabulary_or_architecture_is_refused(split_dir, tmp_path):
@@ -415,9 +447,9 @@ def test_early_stopping_after_patience_evaluations_keeps_the_best_model(split_di
     assert result.best_step == evals[best]["step"] and result.best_eval_loss == losses[best]
     assert len(losses) - 1 - best == 2  # stopped at the 2nd evaluation without a better loss
     # the saved model holds the best weights (kept in the final checkpoint too), not the last ones
-    from msenc_lib.train.checkpoint import latest_checkpoint, load_checkpoint
+    from msenc_lib.train.checkpoint import load_latest
 
-    state, best_state = load_checkpoint(latest_checkpoint(str(out)))
+    _, state, best_state = load_latest(str(out))
     assert state["step"] == result.steps and best_state["step"] == result.best_step
     saved = load_file(out / "model.safetensors")
     assert all(torch.equal(saved[k], best_state["model"][k]) for k in saved)

@@ -27,14 +27,17 @@ def data(
     ``source_fingerprint`` (the ``fingerprint`` step's hash of ``source_uri``) is not read: it keys KFP's cache
     to the source's content. ``config_yaml`` sets further fields of GenerateDataConfig / IngestConfig.
     """
-    from collections import namedtuple
+    from msenc_lib.kfp_support import step_errors
 
-    from msenc_lib.kfp_support import annotate, unified_table
+    with step_errors("data"):
+        from collections import namedtuple
 
-    result = unified_table(unified.path, source_uri, config_yaml, format=format, size=size, seed=seed)
-    annotate(unified, result, ("n_cells", "n_rows"))
-    unified.metadata["source_fingerprint"] = source_fingerprint
-    return namedtuple("DataOutputs", ["n_cells", "n_rows"])(result.n_cells, result.n_rows)
+        from msenc_lib.kfp_support import annotate, unified_table
+
+        result = unified_table(unified.path, source_uri, config_yaml, format=format, size=size, seed=seed)
+        annotate(unified, result, ("n_cells", "n_rows"))
+        unified.metadata["source_fingerprint"] = source_fingerprint
+        return namedtuple("DataOutputs", ["n_cells", "n_rows"])(result.n_cells, result.n_rows)
 
 
 def build(image: str = DEFAULT_IMAGE):

@@ -22,16 +22,19 @@ def embed(
     """Embed the embedding-mode sequences (one per cell and cycle) with the trained model: ``pooling``
     (mean|max|first) over real tokens of the last hidden states; ``targets`` (comma-separated unified
     columns) joined as their max per cell and cycle. Writes embeddings.parquet."""
-    from collections import namedtuple
+    from msenc_lib.kfp_support import step_errors
 
-    from msenc_lib.embed import EmbedConfig, run_embed
-    from msenc_lib.kfp_support import annotate, component_config
+    with step_errors("embed"):
+        from collections import namedtuple
 
-    cfg = component_config(EmbedConfig, config_yaml, targets=targets, pooling=pooling, batch_tokens=batch_tokens,
-                           device=device, progress=False)
-    result = run_embed(cfg, sequences.path, model.path, unified.path, embeddings.path, overwrite=True)
-    annotate(embeddings, result, ("n_rows", "n_cells", "dim", "tokens_per_s"))
-    return namedtuple("EmbedOutputs", ["n_rows", "dim"])(result.n_rows, result.dim)
+        from msenc_lib.embed import EmbedConfig, run_embed
+        from msenc_lib.kfp_support import annotate, component_config
+
+        cfg = component_config(EmbedConfig, config_yaml, targets=targets, pooling=pooling, batch_tokens=batch_tokens,
+                               device=device, progress=False)
+        result = run_embed(cfg, sequences.path, model.path, unified.path, embeddings.path, overwrite=True)
+        annotate(embeddings, result, ("n_rows", "n_cells", "dim", "tokens_per_s"))
+        return namedtuple("EmbedOutputs", ["n_rows", "dim"])(result.n_rows, result.dim)
 
 
 def build(image: str = DEFAULT_IMAGE):

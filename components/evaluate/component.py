@@ -25,18 +25,21 @@ def evaluate(
     and cycle-level capacity ``horizon`` cycles ahead. Writes metrics.json, predictions and plots to
     ``evaluation``, the headline held-out metrics to ``metrics`` and the self-contained report to ``report``.
     """
-    import shutil
+    from msenc_lib.kfp_support import step_errors
 
-    from msenc_lib import layout, storage
-    from msenc_lib.evaluate import EvaluateConfig, run_evaluate
-    from msenc_lib.kfp_support import component_config, log_metrics
+    with step_errors("evaluate"):
+        import shutil
 
-    cfg = component_config(EvaluateConfig, config_yaml, first_cycles=first_cycles, horizon=horizon, seed=seed,
-                           progress=False)
-    result = run_evaluate(cfg, embeddings.path, unified.path, storage.join(split.path, layout.SPLIT_CONFIG),
-                          evaluation.path, overwrite=True)
-    log_metrics(metrics, result.headline)
-    shutil.copyfile(result.report_uri, report.path)
+        from msenc_lib import layout, storage
+        from msenc_lib.evaluate import EvaluateConfig, run_evaluate
+        from msenc_lib.kfp_support import component_config, log_metrics
+
+        cfg = component_config(EvaluateConfig, config_yaml, first_cycles=first_cycles, horizon=horizon, seed=seed,
+                               progress=False)
+        result = run_evaluate(cfg, embeddings.path, unified.path, storage.join(split.path, layout.SPLIT_CONFIG),
+                              evaluation.path, overwrite=True)
+        log_metrics(metrics, result.headline)
+        shutil.copyfile(result.report_uri, report.path)
 
 
 def build(image: str = DEFAULT_IMAGE):

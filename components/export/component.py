@@ -16,10 +16,14 @@ def export(
     """Copy the trained model, the embeddings and the evaluation to ``<export_uri>/<run_name>/`` (s3:// or a
     path) and point ``<export_uri>/LATEST`` at this run, so the next (scheduled) run can warm-start with
     ``init_model_uri=<export_uri>``. Returns the run's export URI."""
-    from msenc_lib.export import ExportConfig, run_export
+    from msenc_lib.kfp_support import step_errors
 
-    artifacts = {"model": model.path, "embeddings": embeddings.path, "evaluation": evaluation.path}
-    return run_export(ExportConfig(), artifacts, export_uri, run_name).run_uri
+    with step_errors("export"):
+        from msenc_lib.export import ExportConfig, run_export
+
+        artifacts = {"model": model.path, "embeddings": embeddings.path, "evaluation": evaluation.path}
+        # a retry of this step replaces the unfinished or earlier export of the same run
+        return run_export(ExportConfig(), artifacts, export_uri, run_name, overwrite=True).run_uri
 
 
 def build(image: str = DEFAULT_IMAGE):

@@ -11,9 +11,12 @@ def fingerprint(uri: str) -> str:
     s3:// prefix or glob); "" for an empty ``uri``. KFP's cache key holds parameter values, not the content
     behind a URI: a step that reads ``uri`` takes this hash as a parameter, so a changed input is read again.
     """
-    from msenc_lib.storage import content_fingerprint
+    from msenc_lib.kfp_support import step_errors
 
-    return content_fingerprint(uri)
+    with step_errors("fingerprint"):
+        from msenc_lib.storage import content_fingerprint
+
+        return content_fingerprint(uri)
 
 
 def build(image: str = DEFAULT_IMAGE):

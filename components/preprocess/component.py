@@ -26,18 +26,21 @@ def preprocess(
     <= 100). The built-in numeric tokenizer is saved beside the shards. ``config_yaml`` sets further
     PreprocessConfig fields (tokenizer_id, column_time, decimal_precision, ...).
     """
-    from collections import namedtuple
+    from msenc_lib.kfp_support import step_errors
 
-    from msenc_lib.kfp_support import annotate, component_config
-    from msenc_lib.preprocess import PreprocessConfig, run_preprocess
+    with step_errors("preprocess"):
+        from collections import namedtuple
 
-    cfg = component_config(PreprocessConfig, config_yaml, is_training_shuffled=is_training_shuffled,
-                           time_cutoff=time_cutoff, exclude_features=exclude_features,
-                           smooth_charge_capacity=smooth_charge_capacity, seed=seed, workers=workers,
-                           progress=False)
-    result = run_preprocess(cfg, unified.path, sequences.path, overwrite=True)
-    annotate(sequences, result, ("n_sequences", "n_tokens", "mode"))
-    return namedtuple("PreprocessOutputs", ["n_sequences", "n_tokens"])(result.n_sequences, result.n_tokens)
+        from msenc_lib.kfp_support import annotate, component_config
+        from msenc_lib.preprocess import PreprocessConfig, run_preprocess
+
+        cfg = component_config(PreprocessConfig, config_yaml, is_training_shuffled=is_training_shuffled,
+                               time_cutoff=time_cutoff, exclude_features=exclude_features,
+                               smooth_charge_capacity=smooth_charge_capacity, seed=seed, workers=workers,
+                               progress=False)
+        result = run_preprocess(cfg, unified.path, sequences.path, overwrite=True)
+        annotate(sequences, result, ("n_sequences", "n_tokens", "mode"))
+        return namedtuple("PreprocessOutputs", ["n_sequences", "n_tokens"])(result.n_sequences, result.n_tokens)
 
 
 def build(image: str = DEFAULT_IMAGE):

@@ -24,13 +24,16 @@ def split(
     ``fingerprint`` step's hash of ``split_config_uri``) is not read: it keys KFP's cache to that file's
     content. The output holds split_cfg.json, the three subsets and the tokenizer.
     """
-    from msenc_lib.kfp_support import annotate, component_config
-    from msenc_lib.split import SplitConfig, run_split
+    from msenc_lib.kfp_support import step_errors
 
-    cfg = component_config(SplitConfig, config_yaml, ratio_train=ratio_train, ratio_validation=ratio_validation,
-                           seed=seed, preset=preset or None, progress=False)
-    result = run_split(cfg, sequences.path, subsets.path, split_config_uri=split_config_uri or None, overwrite=True)
-    annotate(subsets, result, ("assignment", "weight_unit"))
+    with step_errors("split"):
+        from msenc_lib.kfp_support import annotate, component_config
+        from msenc_lib.split import SplitConfig, run_split
+
+        cfg = component_config(SplitConfig, config_yaml, ratio_train=ratio_train, ratio_validation=ratio_validation,
+                               seed=seed, preset=preset or None, progress=False)
+        result = run_split(cfg, sequences.path, subsets.path, split_config_uri=split_config_uri or None, overwrite=True)
+        annotate(subsets, result, ("assignment", "weight_unit"))
 
 
 def build(image: str = DEFAULT_IMAGE):

@@ -44,21 +44,24 @@ def train(
     the Secret's AWS_ENDPOINT_URL). ``node_selector`` "k=v,k2=v2" and ``tolerations`` "key=value:Effect,..."
     place its pods; ``run_id``/``step_name`` label them. ``config_yaml`` sets further TrainConfig fields.
     """
-    from collections import namedtuple
+    from msenc_lib.kfp_support import step_errors
 
-    from msenc_lib.kfp_support import annotate, component_config
-    from msenc_lib.launch.step import run_train_step
-    from msenc_lib.train import TrainConfig
+    with step_errors("train"):
+        from collections import namedtuple
 
-    cfg = component_config(TrainConfig, config_yaml, preset=preset, seed=seed, init_model=init_model_uri or None,
-                           progress=False, **({"max_steps": max_steps} if max_steps else {}))
-    job = dict(image=job_image, workers=workers, gpus_per_worker=gpus_per_worker, cpu=job_cpu, memory=job_memory,
-               namespace=namespace, node_selector=node_selector, tolerations=tolerations,
-               service_account=service_account, storage_secret=storage_secret, access_key_key=access_key_key,
-               secret_key_key=secret_key_key, s3_endpoint=s3_endpoint, run_id=run_id, step_name=step_name)
-    result = run_train_step(cfg, split.path, split.uri, model.path, model.uri, backend=backend, job=job)
-    annotate(model, result, ("backend", "steps", "final_loss", "tokens_per_s", "job_name"))
-    return namedtuple("TrainOutputs", ["steps", "final_loss"])(result.steps, result.final_loss)
+        from msenc_lib.kfp_support import annotate, component_config
+        from msenc_lib.launch.step import run_train_step
+        from msenc_lib.train import TrainConfig
+
+        cfg = component_config(TrainConfig, config_yaml, preset=preset, seed=seed, init_model=init_model_uri or None,
+                               progress=False, **({"max_steps": max_steps} if max_steps else {}))
+        job = dict(image=job_image, workers=workers, gpus_per_worker=gpus_per_worker, cpu=job_cpu, memory=job_memory,
+                   namespace=namespace, node_selector=node_selector, tolerations=tolerations,
+                   service_account=service_account, storage_secret=storage_secret, access_key_key=access_key_key,
+                   secret_key_key=secret_key_key, s3_endpoint=s3_endpoint, run_id=run_id, step_name=step_name)
+        result = run_train_step(cfg, split.path, split.uri, model.path, model.uri, backend=backend, job=job)
+        annotate(model, result, ("backend", "steps", "final_loss", "tokens_per_s", "job_name"))
+        return namedtuple("TrainOutputs", ["steps", "final_loss"])(result.steps, result.final_loss)
 
 
 def build(image: str = DEFAULT_IMAGE):

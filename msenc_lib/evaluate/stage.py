@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from msenc_lib import layout, storage
-from msenc_lib.errors import InputDataError, StorageError
+from msenc_lib.errors import InputDataError
 from msenc_lib.evaluate.config import SEVERSON_SETS, EvaluateConfig, EvaluateResult
 from msenc_lib.evaluate.inputs import Embeddings, Split, read_embeddings, read_split, read_unified_summary
 from msenc_lib.evaluate.tasks import TaskData, build_capacity, build_cycle_life, random_like
@@ -144,9 +144,7 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     start = time.perf_counter()
     cfg = config
     output_uri = str(output_uri)
-    if not overwrite and storage.exists(output_uri) and storage.list_files(output_uri):
-        raise StorageError(f"output already exists and is not empty: {output_uri} (choose another "
-                                   "output or overwrite)")
+    storage.check_output_free(output_uri, overwrite)  # before the work, not only when publishing
     split = read_split(str(split_config_uri))
     emb = read_embeddings(str(embeddings_uri))
     _check_split_cells(split, emb)

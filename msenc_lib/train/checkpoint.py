@@ -4,6 +4,12 @@
 data position follows from it), the early-stopping state and the metric rows so far; ``best.pt`` beside it
 the best-by-eval-loss weights when they are not the current ones. ``checkpoints/LATEST`` names the newest
 complete checkpoint (written after it). The last ``keep`` checkpoints are kept. Only rank 0 writes.
+
+Each checkpoint folder is written with :func:`storage.publish` (staged, then renamed or uploaded; its published
+marker, with every file's size and SHA-256, comes last), so a crash at any byte leaves either a whole
+checkpoint or one that fails its checksum. Resuming takes the newest checkpoint that passes, skipping (with
+a warning) any newer one that is partial or corrupt. The files are tensors and plain containers, loaded with
+``torch.load(weights_only=True)``: no code is unpickled.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 import torch
 
 from msenc_lib import storage
+from msenc_lib.errors import InputDataError, StorageError
 from msenc_lib.layout import CHECKPOINTS_DIR as CHECKPOINTS
 from msenc_lib.layout import METRICS_LOG as METRICS_FILE
 
@@ -68,7 +75,7 @@ def list_checkpoints(output_uri: str) -> list[str]:
 
 
 def latest_checkpoint(output_uri: str) -> str | None:
-    """URI of the newest complete checkpoint, or None."""
+    """URI of the newest complete checkpoint (not verified: :func:`load_latest` does), or None."""
     root = storage.join(output_uri, CHECKPOINTS)
     pointer = storage.join(root, LATEST)
     if storage.exists(pointer):
@@ -79,11 +86,59 @@ def latest_checkpoint(output_uri: str) -> str | None:
     return storage.join(root, found[-1]) if found else None
 
 
+class CorruptCheckpoint(InputDataError):
+    """A checkpoint that is partial, fails its checksum or does not load."""
+
+
 def load_checkpoint(uri: str) -> tuple[dict[str, Any], dict | None]:
-    state = _from_bytes(storage.read_bytes(storage.join(uri, STATE_FILE)))
-    best_uri = storage.join(uri, BEST_FILE)
-    best = _from_bytes(storage.read_bytes(best_uri)) if storage.exists(best_uri) else None
-    return state, best
+    """The state and best weights of the checkpoint ``uri``, each file checked against the checkpoint's
+    published marker first (:class:`CorruptCheckpoint` otherwise)."""
+    try:
+        files = storage.published_files(uri)
+    except StorageError as e:
+        raise CorruptCheckpoint(str(e)) from None
+    loaded = []
+    for name in (STATE_FILE, BEST_FILE):
+        if name not in files:
+            if name == STATE_FILE:
+                raise CorruptCheckpoint(f"{uri}: no {STATE_FILE} in its published marker")
+            loaded.append(None)
+            continue
+        try:
+            data = storage.read_bytes(storage.join(uri, name))
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{storage.join(uri, name)} is missing") from None
+        problem = storage.check_published_bytes(uri, name, data, files)
+        if problem:
+            raise CorruptCheckpoint(problem)
+        try:
+            loaded.append(_from_bytes(data))
+        except Exception as e:  # matching checksums: written so by a bug or another torch
+            raise CorruptCheckpoint(f"{storage.join(uri, name)} does not load: {str(e).splitlines()[0]}") from None
+    return loaded[0], loaded[1]
+
+
+def load_latest(output_uri: str) -> tuple[str, dict[str, Any], dict | None] | None:
+    """``(uri, state, best)`` of the newest checkpoint that is whole; newer partial or corrupt ones are skipped
+    with a warning. ``None`` when there is no checkpoint; :class:`CorruptCheckpoint` when none is whole."""
+    root = storage.join(output_uri, CHECKPOINTS)
+    names = list_checkpoints(output_uri)
+    problems = []
+    for name in reversed(names):
+        uri = storage.join(root, name)
+        try:
+            state, best = load_checkpoint(uri)
+        except CorruptCheckpoint as e:
+            log.warning("skipping checkpoint %s: %s", name, e)
+            problems.append(f"{name}: {e}")
+            continue
+        if problems:
+            log.warning("resuming from the older checkpoint %s", name)
+        return uri, state, best
+    if problems:
+        raise CorruptCheckpoint(f"no whole checkpoint in {root} to resume from ({'; '.join(problems)}): run "
+                                "without --resume, with --overwrite, to start again")
+    return None
 
 
 class MetricsLog:

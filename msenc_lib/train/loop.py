@@ -22,7 +22,7 @@ import torch
 
 from msenc_lib.model.hardware import compile_pays, native_bf16
 from msenc_lib.progress import progress_bar
-from msenc_lib.train.checkpoint import MetricsLog, load_checkpoint, save_checkpoint
+from msenc_lib.train.checkpoint import MetricsLog, save_checkpoint
 from msenc_lib.train.data import WindowDataset, count_targets
 from msenc_lib.train.distributed import DistContext
 
@@ -126,8 +126,8 @@ class Trainer:
             log.info("checkpoint %s", uri)
         self.ctx.barrier()
 
-    def restore(self, uri: str) -> None:
-        state, best = load_checkpoint(uri)
+    def restore(self, uri: str, state: dict[str, Any], best: dict | None) -> None:
+        """Continue from the checkpoint ``uri`` (its ``state`` and ``best`` weights, as :func:`load_latest` gave)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

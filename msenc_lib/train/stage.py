@@ -7,7 +7,10 @@ Operator's env (``MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK``): DDP when ``WORL
 Output (``output_uri``, local or s3://): ``config.json`` + ``model.safetensors`` (``save_pretrained``; the
 best-by-eval-loss weights when evaluation ran, else the last), ``tokenizer/``, ``train_config.yaml``,
 ``metrics.jsonl``, ``checkpoints/`` (resume state). ``config.json`` is written last: a run that stopped
-early leaves checkpoints and metrics, never a half-written model.
+early leaves checkpoints and metrics, never a half-written model. While it runs, rank 0 holds the output's
+claim (``storage.acquire_claim``): readers such as ``msenc embed`` refuse the output, and a second run on it
+stops with a one-line error, until the run completes; an interrupted run's claim stays until ``--resume``
+(which takes it over) completes the output or ``--overwrite`` replaces it.
 
 CPU allocator: msenc allocates little per step (no full attention matrices, no full-vocabulary logits), so
 ``THP_MEM_ALLOC_ENABLE=1``, which halves mblm's page faults, is left to the user: it measured between 17 %
@@ -26,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from msenc_lib import layout, storage
 from msenc_lib.config import StageConfig
-from msenc_lib.errors import ConfigError, InputDataError, MsencError, StorageError
+from msenc_lib.errors import ConfigError, IncompleteOutputError, InputDataError, MsencError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: boo
     """Tokenizer, model, train/validation windows, the checkpoint to resume from, a local tokenizer copy."""
     from msenc_lib.model.masking import MaskingSpec
     from msenc_lib.tokenizer import special_token_ids
-    from msenc_lib.train.checkpoint import latest_checkpoint
+    from msenc_lib.train.checkpoint import load_latest
     from msenc_lib.train.data import EVAL_MASK_SEED, WindowDataset, read_sequences
 
     # every rank reads the split once (s3: one download per process)
@@ -200,13 +203,20 @@ def _prepare(config: TrainConfig, data_uri: str, output_uri: str, overwrite: boo
     # output: fresh, resumed or overwritten
     resume_from = None
     if config.resume:
-        resume_from = latest_checkpoint(output_uri)
+        resume_from = load_latest(output_uri)
         if resume_from is None:
             raise ConfigError(f"--resume: no checkpoint in {storage.join(output_uri, layout.CHECKPOINTS_DIR)} to "
                               "continue from; run without --resume to start training")
-    elif storage.exists(output_uri) and storage.list_files(output_uri) and not overwrite:
-        raise StorageError(f"output already exists and is not empty: {output_uri} (use --resume to "
-                           "continue its training, --overwrite to replace it, or another output)")
+    elif not overwrite and storage.exists(output_uri):
+        try:
+            existing = storage.list_files(output_uri)
+        except IncompleteOutputError:
+            raise OutputExistsError(f"{output_uri}: another training run is writing this output, or was "
+                                    "interrupted: use --resume to continue it, --overwrite to replace it, or "
+                                    "another output") from None
+        if existing:
+            raise OutputExistsError(f"output already exists and is not empty: {output_uri} (use --resume to "
+                                    "continue its training, --overwrite to replace it, or another output)")
     return tokenizer, model, train_data, val_data, resume_from, tok_tmp
 
 
@@ -237,19 +247,38 @@ def run_train(config: TrainConfig, data_uri: str, output_uri: str, overwrite: bo
                 raise failure
             raise MsencError("training setup failed on another rank; see that rank's log")
         tokenizer, model, train_data, val_data, resume_from, tok_tmp = prep
-        if overwrite and not config.resume and ctx.is_main:
-            storage.remove(output_uri)
-        ctx.barrier()
-
-        trainer = Trainer(config, model, train_data, val_data, ctx, output_uri,
-                          digit_ids=digit_token_ids(tokenizer))
-        if resume_from is not None:
-            trainer.restore(resume_from)
-        elif ctx.is_main:
-            config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
-        outcome = trainer.train()
-        if outcome.completed and ctx.is_main:
-            _save_final(trainer, config, Path(tok_tmp.name), output_uri)
+        # rank 0 claims the output while it writes: readers refuse it and a second run stops until released
+        claim, failure = None, None
+        if ctx.is_main:
+            try:
+                if overwrite and not config.resume:
+                    storage.remove(output_uri)
+                claim, _ = storage.acquire_claim(output_uri, takeover=config.resume)
+            except Exception as e:
+                failure = e
+        if ctx.any_true(failure is not None):
+            if failure is not None:
+                raise failure
+            raise MsencError("the output could not be claimed on rank 0; see that rank's log")
+        try:
+            trainer = Trainer(config, model, train_data, val_data, ctx, output_uri,
+                              digit_ids=digit_token_ids(tokenizer))
+            if resume_from is not None:
+                trainer.restore(*resume_from)
+            elif ctx.is_main:
+                config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
+            outcome = trainer.train()
+            if outcome.completed and ctx.is_main:
+                _save_final(trainer, config, Path(tok_tmp.name), output_uri)
+        except BaseException:
+            if claim is not None:
+                storage.abandon_claim(claim)  # stays: the output is unfinished (--resume continues it)
+            raise
+        if claim is not None:
+            if outcome.completed:
+                storage.release_claim(output_uri, claim)
+            else:
+                storage.abandon_claim(claim)
         ctx.barrier()
         tok_tmp.cleanup()
         return TrainResult(
@@ -277,5 +306,7 @@ def _save_final(trainer, config: TrainConfig, tokenizer_dir: Path, output_uri: s
         files.sort(key=lambda p: p.name == layout.MODEL_CONFIG)  # the "model is complete" marker goes last
         for path in files:
             storage.write_bytes(storage.join(output_uri, path.relative_to(tmp_path).as_posix()), path.read_bytes())
-    config.save(storage.join(output_uri, layout.TRAIN_CONFIG))
+    # the settings that train this model again from scratch: resume/stop_after only steered this run, so an
+    # interrupted and resumed run saves the same file as an uninterrupted one
+    config.model_copy(update={"resume": False, "stop_after": None}).save(storage.join(output_uri, layout.TRAIN_CONFIG))
     trainer.metrics.flush()
