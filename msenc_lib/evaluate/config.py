@@ -111,7 +111,7 @@ class EvaluateConfig(StageConfig):
     seed: int = Field(42, description="first seed")
     alphas: list[float] = Field(
         default_factory=lambda: [0.10, 0.15],
-        description="alpha-accuracy levels (BatteryLife): share of predictions within alpha x the true value, in %")
+        description="alpha-accuracy levels (BatteryLife): share of predictions within alpha x the true value, reported in percent")
     aggregation: list[AggregateName] = Field(
         default_factory=lambda: ["mean", "delta", "delta_norm"],
         description="how a cell's per-cycle embeddings (cycles min_cycle..N) become one vector, concatenated: "

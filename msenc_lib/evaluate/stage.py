@@ -110,6 +110,9 @@ def prepare(problem: T.Problem, specs: list[str], ctx: FeatureContext, unified, 
             reasons.setdefault(i, []).append(r)
     keep = np.array([i not in reasons for i in range(len(problem.rows))], dtype=bool)
     kept = problem.keep(keep)
+    for fs, inp in inputs.items():
+        if inp.kind != "seq":  # sequences are per cell; rows find their cell and cycle in them
+            inp.get = (lambda g: (lambda seed: g(seed)[keep]))(inp.get)
     cells_before = {c for c, _ in problem.rows}
     cells_after = {c for c, _ in kept.rows}
     subset_of = dict(zip(problem.cells, problem.subset))
@@ -414,6 +417,9 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
         if task == "cycle_life":
             doc, preds = run_task(T.cycle_life(cfg, split, unified, cfg.first_cycles), cfg.rows, "cycle life")
             doc["first_cycles"] = cfg.first_cycles
+            doc["min_cycle"] = cfg.min_cycle
+            doc["severson_ir_features"] = unified.has_ir
+            doc["embedding_aggregation"] = {"methods": cfg.aggregation, "window": cfg.delta_window}
             doc["target_stats"] = {s: {"min": float(np.min(v)), "median": float(np.median(v)),
                                        "max": float(np.max(v))}
                                    for s, v in preds.groupby("subset", sort=False)["true"]}
