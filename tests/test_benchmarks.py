@@ -91,3 +91,20 @@ def test_embed_bench_quick(tmp_path):
     _positive(report, "cycles_per_s", "tokens_per_s", "cycles_per_s_median", "tokens_per_s_median", "peak_rss_mib")
     assert report["cycles"] == 2 * 6  # the quick data: 2 cells x cycles 0..5, one output row per cell and cycle
     assert len(report["runs"]) == 2 and report["tokens"] >= report["cycles"]
+
+
+@pytest.mark.slow
+def test_quality_bench_quick(tmp_path):
+    out = tmp_path / "quality.json"
+    _run("quality_bench.py", "--output", str(out), "--budget-minutes", "0.2")
+    report = json.loads(out.read_text())
+    assert report["pretrain"]["steps"] == 10 and report["embeddings"]["dim"] > 0
+    life = report["figures"]["cycle_life"]
+    assert "none/dummy" in life and "embedding/elastic_net" in life and "qdv_seq/lstm" in life
+    assert set(life["variance/linear"]["test"]) == {"rmse", "mae", "mape", "r2", "acc10", "acc15"}
+    assert set(report["target"]) >= {"cycle_life", "rul", "met"}
+    assert report["target"]["cycle_life"]["ratio"] == pytest.approx(
+        report["target"]["cycle_life"]["best_embedding"]["rmse"] / report["target"]["cycle_life"]["best_severson"]["rmse"])
+    assert set(report["experiments"]["aggregation"]) == {"mean", "mean+delta", "mean+delta+delta_norm",
+                                                         "mean+delta+delta_norm+slope", "last"}
+    assert set(report["experiments"]["pooling"]) == {"max", "first"}
