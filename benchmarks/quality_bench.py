@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.experiments:
             exp: dict = {"aggregation": {}, "pooling": {}}
             report["experiments"] = exp
-            rows = EMBEDDING_ROWS + ["embedding_seq/lstm"]
+            rows = EMBEDDING_ROWS
             for name, methods in AGGREGATIONS.items():
                 cfg = EvaluateConfig(**{**base, "plots": False}, tasks=["cycle_life", "rul"], rows=rows,
                                      aggregation=methods)

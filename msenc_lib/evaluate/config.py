@@ -151,7 +151,10 @@ class EvaluateConfig(StageConfig):
         description="random-forest features per split grid: sqrt, log2, or a fraction like 0.5")
     seq_hidden: int = Field(32, ge=1, description="lstm, cnn: hidden size (BatteryML and the original's LSTM head: 32)")
     seq_layers: int = Field(2, ge=1, description="lstm: layers")
-    seq_epochs: int = Field(200, ge=1, description="lstm, cnn: full-batch training epochs (AdamW)")
+    seq_epochs: int = Field(150, ge=1, description="lstm, cnn: full-batch training epochs (AdamW)")
+    seq_stride: int = Field(
+        5, ge=1, description="lstm, cnn: read every k-th cycle (cycle numbers divisible by k) up to the row's "
+        "cycle n: the recurrence costs time per step; 1 = every cycle, as BatteryML")
     seq_lr: float = Field(3e-3, gt=0, description="lstm, cnn: learning rate")
     seq_weight_decay: float = Field(1e-3, ge=0, description="lstm, cnn: AdamW weight decay")
     n_jobs: int = Field(1, description="threads for the random-forest trees (-1: all cores); results do not "

@@ -179,11 +179,13 @@ def score(problem: T.Problem, specs: list[str], inputs: dict[str, Inputs], split
         elif inp.kind == "seq":
             seq = inp.get(seed)
             row_cell = np.array([seq.index[c] for c in cells])
-            row_pos = np.array([int(n) - seq.start for _, n in problem.rows])
-            fit = fit_predict_sequence(model, seq.X, row_cell, row_pos, y_fit, train, seed=seed,
+            k = cfg.seq_stride
+            offset = (-seq.start) % k  # keep the cycles divisible by k; a row reads the last kept cycle <= n
+            row_pos = np.maximum((np.array([int(n) - seq.start for _, n in problem.rows]) - offset) // k, 0)
+            fit = fit_predict_sequence(model, seq.X[:, offset::k], row_cell, row_pos, y_fit, train, seed=seed,
                                        hidden=cfg.seq_hidden, layers=cfg.seq_layers, epochs=cfg.seq_epochs,
                                        lr=cfg.seq_lr, weight_decay=cfg.seq_weight_decay)
-            raw, hp, cv = fit.predictions, fit.hyperparameters, float("nan")
+            raw, hp, cv = fit.predictions, {**fit.hyperparameters, "stride": k}, float("nan")
             raw = 10.0**raw if problem.log_target else raw
         else:
             X = inp.get(seed)
