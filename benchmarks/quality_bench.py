@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = step("embed", lambda: embed(a.pooling, "embeddings"))
         report["embeddings"] = {"rows": emb.n_rows, "dim": emb.dim}
         split_cfg = str(root / "split" / layout.SPLIT_CONFIG)
-        base = dict(seeds=seeds, progress=False, plots=not a.quick)
+        base = dict(seeds=seeds, progress=not a.quick, plots=not a.quick)
         if a.quick:
             base.update(early_cycles=[20, 40], rul_max_cycle=100, seq_epochs=5, rf_n_estimators=[20], cv_folds=3,
                         first_cycles=100)
