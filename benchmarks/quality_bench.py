@@ -165,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                               eval_every=0, save_every=0, early_stopping_patience=0)
             return run_train(cfg, str(root / "split"), str(root / out), overwrite=True)
 
-        # Two short runs: the difference of their times is the step time without the fixed start-up cost.
+        # Short runs after a warm-up one (imports, first allocations): the difference of their times is the step
+        # time without the fixed start-up cost.
+        step("pretrain_warmup", lambda: train(2, "probe"))
         short = step("pretrain_probe_a", lambda: train(2, "probe"))
-        longer = step("pretrain_probe_b", lambda: train(2 if a.quick else 10, "probe"))
-        per_step = max((longer.seconds - short.seconds) / max(longer.steps - short.steps, 1), 1e-3)
+        longer = step("pretrain_probe_b", lambda: train(2 if a.quick else 12, "probe"))
+        per_step = (longer.seconds - short.seconds) / max(longer.steps - short.steps, 1)
+        if per_step <= 0:  # noise larger than the difference: the upper bound
+            per_step = longer.seconds / max(longer.steps, 1)
         fixed = max(short.seconds - short.steps * per_step, 0.0)
         budget_s = a.budget_minutes * 60.0
         steps = 10 if a.quick else max(5, int((budget_s - fixed) / per_step))
