@@ -608,3 +608,25 @@ def test_s3_inputs_and_output(handbuilt, s3, tmp_path):
     doc = json.loads(storage.read_text(res.metrics_uri))
     assert doc["tasks"]["cycle_life"]["n_cells"]["test"] == 6
     assert "out/eval/summary.md" in keys
+
+
+def test_batterylife_preset_scores_seen_and_unseen_test_cells(tmp_path):
+    from msenc_lib.split_presets import get_preset
+
+    p = get_preset("batterylife-matr")
+    ids = list(p.listed["train"][:8]) + list(p.groups["test_seen"][:3]) + list(p.groups["test_unseen"][:3])
+    keys = [c.removeprefix("MATR_") for c in ids]
+    truth = fx.plan(len(keys), seed=6)
+    truth.index = pd.Index(keys, name="cell_key")
+    fx.write_unified(tmp_path / "u", truth, last_cycle=45)
+    fx.write_embeddings(tmp_path / "e", fx.embeddings(truth, last_cycle=45, dim=3))
+    cfg = fast_config(tasks=["cycle_life"], split_preset="batterylife-matr", allow_missing_cells=True, seeds=1,
+                      first_cycles=40, rows=["none/dummy", "embedding/elastic_net"], cv_folds=3, plots=False)
+    res = run_evaluate(cfg, str(tmp_path / "e"), str(tmp_path / "u"), None, str(tmp_path / "o"))
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    row = _result(doc, "cycle_life", "embedding", "elastic_net")
+    assert {k: v["n_cells"] for k, v in row["subsets"].items()} == {"train": 8, "test": 6, "test_seen": 3,
+                                                                    "test_unseen": 3}
+    assert "cycle_life/test_unseen/embedding/elastic_net/acc15" in res.headline
+    assert doc["dataset"]["split"]["groups"]["test_seen"] == keys[8:11]
+    assert "split preset 'batterylife-matr'" in " ".join(doc["warnings"])
