@@ -102,7 +102,11 @@ def mem_available_gib() -> float:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    """The CPU (model, the flags that decide matmul/attention speed: AVX-512, AMX, AVX512-BF16...), memory, load."""
+    from msenc_lib.model.hardware import native_bf16, performance_flags
+
+    return {"cpu": cpu_name(), "cpu_flags": performance_flags(), "cpu_native_bf16": native_bf16("cpu"),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "mem_available_gib": round(mem_available_gib(), 1), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 

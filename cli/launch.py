@@ -13,7 +13,7 @@ from msenc_lib.errors import ConfigError
 def add_launch_command(subparsers) -> None:
     p = subparsers.add_parser(
         "launch", help="run training on a Kubernetes cluster (Kubeflow PyTorchJob)",
-        description="Run the training entry point (python -m msenc_lib.train) on a Kubernetes cluster.")
+        description="Run the training entry point (python -m msenc_cli train) on a Kubernetes cluster.")
     sub = p.add_subparsers(dest="backend", metavar="<backend>", required=True)
     _add_pytorchjob(sub)
 
@@ -24,7 +24,7 @@ def _add_pytorchjob(subparsers) -> None:
     p = subparsers.add_parser(
         "pytorchjob",
         help="train on a Kubernetes cluster as a Kubeflow PyTorchJob (1 master + workers, GPUs)",
-        description="Run `python -m msenc_lib.train` as a Kubeflow Training Operator PyTorchJob: WORKERS pods "
+        description="Run `python -m msenc_cli train` as a Kubeflow Training Operator PyTorchJob: WORKERS pods "
         "(1 Master + WORKERS-1 Workers) with GPUS_PER_WORKER GPUs each, reading the dataset from and writing "
         "the model to s3:// URIs with the credentials of a Kubernetes Secret. Waits for the job, streams the "
         "master's log, fails with the job's reason and deletes the job at the end (unless --keep). "

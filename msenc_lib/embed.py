@@ -4,6 +4,11 @@ Input is an embedding-mode preprocessed dataset (one token sequence per cell and
 than the model's context are cut into chunks at time-step boundaries; pooling runs over real tokens only
 (padding never enters a vector, unlike the original). Targets are the max per (cell, cycle) of the unified
 columns, as the original. Output: ``embeddings.parquet`` (+ ``csv/<cell>.csv`` in the original layout).
+
+At scale: the dataset is read and embedded one shard (whole cells) at a time and each shard's rows are written
+as they are done (Parquet row groups, CSV appends), so memory holds one shard, not the dataset; within a shard,
+chunks of similar length share a forward pass (``batch_tokens``); inference runs under bf16 autocast where bf16
+is native (CUDA, CPUs with AMX/AVX512-BF16) and through compiled layers at long contexts.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from msenc_lib import layout
 from msenc_lib.config import StageConfig
 from msenc_lib.data.schema import CHARGE_POLICY_COLUMNS
 from msenc_lib.errors import InputDataError
+from msenc_lib.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,10 @@ class EmbedConfig(StageConfig):
     batch_tokens: int = Field(262_144, gt=0, description="token budget of one forward pass (padding included); "
                               "sequences of similar length are batched together")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
-    bf16: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    bf16: bool = Field(True, description="bfloat16 autocast where bf16 is native (CUDA; CPUs with AMX or "
+                       "AVX512-BF16); false: float32")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the model's layers (eager if "
+                                                  "compiling fails); auto: on for contexts of 16,384+ tokens")
     id_column: str = Field("cell_key", description="cell id column")
     time_column: str = Field("cycle_number", description="cycle column")
     csv: bool = Field(False, description="also write csv/<cell>.csv in the original layout "
@@ -56,6 +65,8 @@ class EmbedResult(BaseModel):
     seconds: float
     tokens_per_s: float
     device: str
+    precision: str
+    compiled: bool
 
 
 @dataclass
@@ -96,10 +107,10 @@ def _batches(chunks: list[_Chunk], batch_tokens: int) -> Iterator[list[_Chunk]]:
 
 
 class _Pooler:
-    """Accumulates token states per output row across chunks and batches."""
+    """Accumulates token states per output row (numbered from ``first_row``) across chunks and batches."""
 
-    def __init__(self, n_rows: int, dim: int, mode: str):
-        self.mode = mode
+    def __init__(self, n_rows: int, dim: int, mode: str, first_row: int = 0):
+        self.mode, self.first_row = mode, first_row
         fill = -np.inf if mode == "max" else 0.0
         self.acc = np.full((n_rows, dim), fill, dtype=np.float64)
         self.count = np.zeros(n_rows, dtype=np.int64)
@@ -113,7 +124,7 @@ class _Pooler:
         else:
             part = hidden[:, 0].double().cpu().numpy()
         n = mask.sum(1).cpu().numpy()
-        for i, r in enumerate(rows):
+        for i, r in enumerate(r - self.first_row for r in rows):
             if self.mode == "mean":
                 self.acc[r] += part[i]
             elif self.mode == "max":
@@ -188,89 +199,136 @@ def _targets(config: EmbedConfig, unified_uri: str, cells: list[str]):
     return table.groupby(keys, sort=True)[config.targets].max().reset_index()
 
 
+def _shard_chunks(shard, first_row: int, meta, context: int, sep_id: int | None, vocab: int) -> list[_Chunk]:
+    """The chunks of every sequence of one shard; rows are numbered from ``first_row`` on (the dataset's order)."""
+    import pyarrow.parquet as pq
+
+    chunks: list[_Chunk] = []
+    for i, ids in enumerate(pq.read_table(shard, columns=["input_ids"]).column("input_ids").to_pylist()):
+        row = first_row + i
+        arr = np.asarray(ids, dtype=np.int64)
+        if len(arr) == 0:
+            raise InputDataError(f"{shard}: empty sequence for {meta.iloc[row].to_dict()}")
+        if arr.max() >= vocab or arr.min() < 0:
+            raise InputDataError(f"{shard}: token id {int(arr.max())} outside the model's vocabulary "
+                                 f"of {vocab} for {meta.iloc[row].to_dict()}")
+        pieces = chunk_sequence(arr, context, sep_id)
+        chunks.extend(_Chunk(row, piece, k == 0) for k, piece in enumerate(pieces))
+    return chunks
+
+
+class _Writer:
+    """Appends finished rows to embeddings.parquet (one row group per shard) and to csv/<cell>.csv."""
+
+    def __init__(self, staging, csv: bool):
+        self.path = staging / layout.EMBEDDINGS_FILE
+        self.csv_dir = staging / layout.EMBEDDINGS_CSV_DIR if csv else None
+        self.parquet = None
+        self.csv_started: set[str] = set()
+        if self.csv_dir is not None:
+            self.csv_dir.mkdir()
+
+    def write(self, table, id_column: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        arrow = pa.Table.from_pandas(table, preserve_index=False)
+        if self.parquet is None:
+            self.parquet = pq.ParquetWriter(self.path, arrow.schema)
+        self.parquet.write_table(arrow.cast(self.parquet.schema))
+        if self.csv_dir is not None:
+            for cell, group in table.groupby(id_column, sort=True):
+                new = cell not in self.csv_started
+                group.assign(index=group[id_column]).to_csv(self.csv_dir / f"{cell}.csv", index=False, header=new,
+                                                            mode="w" if new else "a")
+                self.csv_started.add(cell)
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+
+
 def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: str, output_uri: str,
               overwrite: bool = False) -> EmbedResult:
     """Embed every (cell, cycle) sequence of ``data_uri`` with the model at ``model_uri``."""
     import pandas as pd
     import pyarrow.parquet as pq
     import torch
-    from tqdm.auto import tqdm
-
     from msenc_lib import storage
+    from msenc_lib.model.hardware import compile_pays, native_bf16
     from msenc_lib.tokenizer import special_token_ids
 
     start = time.perf_counter()
     with storage.local_copy(data_uri) as data_dir, storage.local_copy(model_uri) as model_dir:
         model, tokenizer, shards = _load_inputs(config, data_dir, model_dir)
-        meta = pd.concat([pq.read_table(s, columns=[config.id_column, config.time_column]).to_pandas() for s in shards],
-                         ignore_index=True)
+        keys = [config.id_column, config.time_column]
+        metas = [pq.read_table(s, columns=keys).to_pandas() for s in shards]
+        meta = pd.concat(metas, ignore_index=True)
+        duplicated = meta.duplicated(keys)
+        if duplicated.any():
+            dup = meta[duplicated].iloc[0]
+            raise InputDataError(f"{data_uri}: more than one sequence for {config.id_column}={dup[config.id_column]}, "
+                                 f"{config.time_column}={dup[config.time_column]}")
         targets = _targets(config, unified_uri, sorted(meta[config.id_column].unique()))
+        unmatched = meta.merge(targets[keys], on=keys, how="left", indicator=True)["_merge"] == "left_only"
+        if unmatched.any():
+            first = meta[unmatched.to_numpy()].iloc[0]
+            raise InputDataError(f"{unified_uri}: no unified rows for {int(unmatched.sum())} embedded (cell, cycle) "
+                                 f"pair(s), e.g. {config.id_column}={first[config.id_column]}, {config.time_column}="
+                                 f"{first[config.time_column]}: is this the unified data the dataset was preprocessed "
+                                 "from?")
         device = resolve_device(config.device)
         model.to(device).eval()
         context = int(np.prod(model.config.seq_lens))
+        compiled = compile_pays(config.compile, device, context)
+        if compiled:
+            model.compile_layers()
+        bf16 = config.bf16 and native_bf16(device)
         sep_id = special_token_ids(tokenizer).get("sep")
         dim = int(model.config.hidden_sizes[-1])
-        pooler = _Pooler(len(meta), dim, config.pooling)
-        chunks: list[_Chunk] = []
-        row = 0
-        vocab = model.config.vocab_size
-        for shard in shards:
-            ids_col = pq.read_table(shard, columns=["input_ids"]).column("input_ids").to_pylist()
-            for ids in ids_col:
-                arr = np.asarray(ids, dtype=np.int64)
-                if len(arr) == 0:
-                    raise InputDataError(f"{shard}: empty sequence for {meta.iloc[row].to_dict()}")
-                if arr.max() >= vocab or arr.min() < 0:
-                    raise InputDataError(f"{shard}: token id {int(arr.max())} outside the model's vocabulary "
-                                         f"of {vocab} for {meta.iloc[row].to_dict()}")
-                pieces = chunk_sequence(arr, context, sep_id)
-                chunks.extend(_Chunk(row, piece, k == 0) for k, piece in enumerate(pieces))
-                row += 1
-        n_tokens = sum(len(c.ids) for c in chunks)
-        autocast = device == "cuda" and config.bf16
-        pad_id = model.config.pad_token_id
-        with torch.inference_mode(), tqdm(total=n_tokens, desc="embedding", unit="tok", unit_scale=True,
-                                          disable=not config.progress) as bar:
-            for batch in _batches(chunks, config.batch_tokens):
-                width = len(batch[0].ids)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.bool)
-                for i, c in enumerate(batch):
-                    ids[i, : len(c.ids)] = torch.from_numpy(c.ids)
-                    mask[i, : len(c.ids)] = True
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                    hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-                pooler.add([c.row for c in batch], hidden.float(), mask.to(device), [c.first for c in batch])
-                bar.update(sum(len(c.ids) for c in batch))
-        vectors = pooler.result()
-
-    values = pd.DataFrame(vectors, columns=[f"{layout.VALUE_PREFIX}{i}" for i in range(dim)])
-    table = pd.concat([meta, values], axis=1)
-    if table.duplicated([config.id_column, config.time_column]).any():
-        dup = table[table.duplicated([config.id_column, config.time_column])].iloc[0]
-        raise InputDataError(f"{data_uri}: more than one sequence for {config.id_column}={dup[config.id_column]}, "
-                             f"{config.time_column}={dup[config.time_column]}")
-    table = table.merge(targets, on=[config.id_column, config.time_column], how="left", validate="one_to_one",
-                        indicator=True)
-    unmatched = table[table["_merge"] == "left_only"]
-    if len(unmatched):
-        first = unmatched.iloc[0]
-        raise InputDataError(f"{unified_uri}: no unified rows for {len(unmatched)} embedded (cell, cycle) pair(s), "
-                             f"e.g. {config.id_column}={first[config.id_column]}, "
-                             f"{config.time_column}={first[config.time_column]}:"
-                             " is this the unified data the dataset was preprocessed from?")
-    table = table[[config.id_column, config.time_column, *config.targets, *values.columns]]
-    table = table.sort_values([config.id_column, config.time_column], kind="stable").reset_index(drop=True)
-
-    with storage.publish(output_uri, overwrite=overwrite) as staging:
-        table.to_parquet(staging / layout.EMBEDDINGS_FILE, index=False)
-        if config.csv:
-            csv_dir = staging / layout.EMBEDDINGS_CSV_DIR
-            csv_dir.mkdir()
-            for cell, group in table.groupby(config.id_column, sort=True):
-                group.assign(index=group[config.id_column]).to_csv(csv_dir / f"{cell}.csv", index=False)
-        config.save(staging / layout.EMBED_CONFIG)
+        pad_id, vocab = model.config.pad_token_id, model.config.vocab_size
+        columns = [f"{layout.VALUE_PREFIX}{i}" for i in range(dim)]
+        n_tokens = n_chunks = 0
+        with storage.publish(output_uri, overwrite=overwrite) as staging, torch.inference_mode(), \
+                progress_bar(total=len(meta), desc="embedding", unit="cycle", enabled=config.progress) as bar:
+            writer = _Writer(staging, config.csv)
+            try:
+                first_row = 0
+                for shard, shard_meta in zip(shards, metas):
+                    chunks = _shard_chunks(shard, first_row, meta, context, sep_id, vocab)
+                    pooler = _Pooler(len(shard_meta), dim, config.pooling, first_row)
+                    for batch in _batches(chunks, config.batch_tokens):
+                        ids, mask = _pad(batch, pad_id)
+                        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                        pooler.add([c.row for c in batch], hidden.float(), mask.to(device), [c.first for c in batch])
+                    n_tokens += sum(len(c.ids) for c in chunks)
+                    n_chunks += len(chunks)
+                    rows = pd.concat([shard_meta.reset_index(drop=True),
+                                      pd.DataFrame(pooler.result(), columns=columns)], axis=1)
+                    rows = rows.merge(targets, on=keys, how="left", validate="one_to_one")
+                    rows = rows[[*keys, *config.targets, *columns]].sort_values(keys, kind="stable")
+                    writer.write(rows, config.id_column)
+                    first_row += len(shard_meta)
+                    bar.update(len(shard_meta))
+            finally:
+                writer.close()
+            config.save(staging / layout.EMBED_CONFIG)
     seconds = time.perf_counter() - start
-    return EmbedResult(output_uri=str(output_uri), n_rows=len(table), n_cells=int(table[config.id_column].nunique()),
-                       dim=dim, n_tokens=int(n_tokens), n_chunks=len(chunks), seconds=round(seconds, 3),
-                       tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1), device=device)
+    return EmbedResult(output_uri=str(output_uri), n_rows=len(meta), n_cells=int(meta[config.id_column].nunique()),
+                       dim=dim, n_tokens=int(n_tokens), n_chunks=n_chunks, seconds=round(seconds, 3),
+                       tokens_per_s=round(n_tokens / max(seconds, 1e-9), 1), device=device,
+                       precision="bf16" if bf16 else "fp32", compiled=compiled)
+
+
+def _pad(batch: list[_Chunk], pad_id: int):
+    """Right-padded ids and the real-token mask of one batch."""
+    import torch
+
+    width = len(batch[0].ids)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for i, c in enumerate(batch):
+        ids[i, : len(c.ids)] = torch.from_numpy(c.ids)
+        mask[i, : len(c.ids)] = True
+    return ids, mask

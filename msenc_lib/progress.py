@@ -1,5 +1,5 @@
 """The stages' progress display: a tqdm bar on stderr, off when the stage's config says ``progress: false``
-(the KFP components do), gone when done."""
+(the KFP components do) or stderr is not a terminal (logs, CI), gone when done."""
 
 from __future__ import annotations
 
@@ -11,5 +11,5 @@ def progress_bar(iterable: Iterable | None = None, total: float | None = None, d
                  enabled: bool = True, unit: str = "cell", **kwargs: Any):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled,
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=None if enabled else True,
                 dynamic_ncols=True, leave=False, **kwargs)

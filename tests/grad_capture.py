@@ -1,4 +1,4 @@
-"""``msenc train`` (arguments as for ``python -m msenc_lib.train``) that also saves, at every optimizer step,
+"""``msenc train`` (arguments as for ``python -m msenc_cli train``) that also saves, at every optimizer step,
 the gradients the optimizer is about to apply: ``$GRADS_DIR/rank<RANK>-step<k>.pt`` (a list of tensors in
 parameter order). ``GRAD_SCALE`` multiplies them first: a stand-in for a wrong global gradient scale, to show
 that the DDP test catches one. Run as a script (one per rank, or under torchrun)."""

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MBLM_PYTHON = Path("/tmp/mblm040-venv/bin/python")
+MBLM_PYTHON = Path("/tmp/mblm040-venv/bin/python")  # where benchmarks/setup_mblm_venv.sh makes it
+REFERENCE = ROOT.parent / "shared" / "reference" / "mblm_bench.py"
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -41,56 +42,148 @@ def test_train_bench_quick_plans_the_16k_context_with_few_steps():
     # a shorter context at the same vocabulary for the step-time ratio; both phases measured
     assert [c["context_tokens"] < 16384 and c["vocab"] == 23 for c in plan["cases"][1:]] == [True]
     assert all(c["phases"] == ["infer", "train"] for c in plan["cases"])
+    # the reference both ways (at its best and as the original set it), msenc float32 and bf16, the machine's limits
+    assert {"msenc", "msenc_bf16", "mblm_flash", "mblm_orig"} <= set(first["impls"]) and first["limits"]
+
+
+IMPLS = "msenc,msenc_bf16,mblm_flash,mblm_orig"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MBLM_PYTHON.exists(), reason=f"reference venv {MBLM_PYTHON} missing "
                     "(benchmarks/setup_mblm_venv.sh makes it)")
-def test_train_bench_quick_with_reference(tmp_path):
+@pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference driver {REFERENCE} missing (../shared beside the repo)")
+def test_train_bench_quick_with_reference_both_ways_and_the_machine_limits(tmp_path):
     out = tmp_path / "train.json"
-    _run("train_bench.py", "--output", str(out), "--cases", SMALL_CASES)
+    _run("train_bench.py", "--output", str(out), "--cases", SMALL_CASES, "--impls", IMPLS)
     report = json.loads(out.read_text())
     assert report["mode"] == "quick" and report["mblm_unavailable"] is None
     assert report["headline_case"] == "quick1k_v23" and report["step_time_ratio_contexts"] == [1024, 256]
-    _positive(report, "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio", "msenc_infer_tokens_per_s",
-              "mblm_infer_tokens_per_s", "infer_ratio", "msenc_peak_rss_mib", "mblm_peak_rss_mib", "peak_rss_ratio",
-              "msenc_step_time_ratio_long_vs_short", "mblm_step_time_ratio_long_vs_short",
-              "msenc_infer_step_time_ratio_long_vs_short", "mblm_infer_step_time_ratio_long_vs_short",
-              "msenc_infer_rss_over_build_mib", "mblm_infer_rss_over_build_mib")
+    machine = report["machine_at_start"]
+    assert machine["cpu"] and isinstance(machine["cpu_flags"], list) and len(machine["load_average"]) == 3
+    _positive(report, "msenc_train_tokens_per_s", "mblm_flash_train_tokens_per_s", "mblm_orig_train_tokens_per_s",
+              "ratio", "ratio_vs_orig", "msenc_infer_tokens_per_s", "infer_ratio", "bf16_ratio", "cpu_ratio",
+              "msenc_train_peak_rss_sampled_mib", "peak_rss_ratio", "msenc_step_time_ratio_long_vs_short",
+              "mblm_flash_step_time_ratio_long_vs_short", "msenc_infer_rss_over_build_mib")
+    limits = report["limits"]
+    _positive(limits, "matmul_tflops_float32", "matmul_tflops_bfloat16", "attention_forward_backward_s_float32",
+              "attention_floor_train_s", "msenc_mfu_train", "mblm_flash_mfu_train", "flops_train_step")
+    assert limits["attention_shape"] == [1, 32, 32, 8]  # the global stage of the quick1k case
     for name, case in report["cases"].items():
-        _positive(case, "msenc_infer_tokens_per_s", "mblm_infer_tokens_per_s", "infer_ratio",
-                  "msenc_train_tokens_per_s", "mblm_train_tokens_per_s", "ratio")
-        assert case["ratio"] == pytest.approx(case["msenc_train_tokens_per_s"] / case["mblm_train_tokens_per_s"],
+        best = case["reference_best"]
+        assert best in ("mblm_flash", "mblm_orig")
+        assert case[f"{best}_train_tokens_per_s"] == max(case["mblm_flash_train_tokens_per_s"],
+                                                         case["mblm_orig_train_tokens_per_s"])
+        assert case["ratio"] == pytest.approx(case["msenc_train_tokens_per_s"] / case[f"{best}_train_tokens_per_s"],
                                               rel=1e-2)
-        assert case["infer_ratio"] == pytest.approx(
-            case["msenc_infer_tokens_per_s"] / case["mblm_infer_tokens_per_s"], rel=1e-2)
-        for impl in ("msenc", "mblm"):  # both ran the same context, inference gave hidden states, losses are numbers
+        assert case["ratio_vs_orig"] == pytest.approx(
+            case["msenc_train_tokens_per_s"] / case["mblm_orig_train_tokens_per_s"], rel=1e-2)
+        for impl in ("msenc", "msenc_bf16", "mblm_flash", "mblm_orig"):  # same context, hidden states, finite losses
             run = report["runs"][name][impl][0]
             assert run["train"]["tokens_per_step"] == run["infer"]["tokens_per_step"] == case["context_tokens"]
             assert run["train"]["loss_finite"] and len(run["infer"]["step_s"]) == 2
-            assert run["infer"]["output_shape"][:2] == [1, case["context_tokens"]]
-            assert run["infer"]["output_shape"][2] == report["model"]["hidden_sizes"][-1]
+            assert run["infer"]["output_shape"] == [1, case["context_tokens"], report["model"]["hidden_sizes"][-1]]
+            assert isinstance(run["load_average"], list)
+        assert report["runs"][name]["mblm_flash"][0]["config"]["use_flash_attn"] is True
+        assert report["runs"][name]["mblm_orig"][0]["config"]["use_flash_attn"] is False
+        assert report["runs"][name]["msenc_bf16"][0]["precision"] == "bf16"
 
 
 @pytest.mark.slow
 def test_train_bench_reports_a_missing_reference_as_null_with_reason(tmp_path):
     out = tmp_path / "train.json"
-    _run("train_bench.py", "--output", str(out), "--cases", "quick256_v23", "--mblm-python",
-         str(tmp_path / "no-venv" / "bin" / "python"))
+    _run("train_bench.py", "--output", str(out), "--cases", "quick256_v23", "--impls", IMPLS, "--no-limits",
+         "--mblm-python", str(tmp_path / "no-venv" / "bin" / "python"))
     report = json.loads(out.read_text())
     assert "no reference venv" in report["mblm_unavailable"]
-    assert report["mblm_train_tokens_per_s"] is None and report["ratio"] is None
-    assert report["mblm_infer_tokens_per_s"] is None and report["infer_ratio"] is None
+    assert report["mblm_flash_train_tokens_per_s"] is None and report["ratio"] is None
+    assert report["mblm_best_infer_tokens_per_s"] is None and report["infer_ratio"] is None
     _positive(report, "msenc_train_tokens_per_s", "msenc_infer_tokens_per_s", "msenc_peak_rss_mib")
+
+
+def test_model_flop_count_matches_torch_flop_counter_on_the_linear_layers():
+    """machine_limits.forward_flops against torch's FlopCounterMode (which counts the matmuls of the linear layers
+    and not the CPU flash-attention kernel) on a small seed-shaped model."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import machine_limits
+
+    from msenc_lib.model import MultiscaleEncoderConfig, MultiscaleEncoderModel
+
+    config = MultiscaleEncoderConfig.from_preset("seed_wide", seq_lens=[64, 8, 4], vocab_size=23)
+    model = MultiscaleEncoderModel(config).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(4, 23, (1, config.max_context)))
+    sizes = {k: getattr(config, k) for k in ("seq_lens", "hidden_sizes", "num_layers", "num_attention_heads",
+                                             "head_dim", "ff_multiplier")}
+    flops = machine_limits.forward_flops(sizes, config.max_context)
+    assert flops["linear"] == counter.get_total_flops()
+    assert flops["attention"] == sum(4 * h * s * s * d * n * l for h, s, d, n, l in zip(
+        config.num_attention_heads, config.seq_lens, [32, 8, 8], [1, 64, 512], config.num_layers))
 
 
 def test_embed_bench_quick(tmp_path):
     out = tmp_path / "embed.json"
     _run("embed_bench.py", "--output", str(out))
     report = json.loads(out.read_text())
-    _positive(report, "cycles_per_s", "tokens_per_s", "cycles_per_s_median", "tokens_per_s_median", "peak_rss_mib")
+    _positive(report, "cycles_per_s", "tokens_per_s", "cycles_per_s_best", "peak_rss_mib")
     assert report["cycles"] == 2 * 6  # the quick data: 2 cells x cycles 0..5, one output row per cell and cycle
-    assert len(report["runs"]) == 2 and report["tokens"] >= report["cycles"]
+    assert len(report["msenc_runs"]) == 1 and report["tokens"] >= report["cycles"]
+    assert report["mblm_unavailable"] == "--no-mblm" and report["ratio"] is None
+
+
+def test_embed_bench_models_mblm_per_cycle_time_from_timed_lengths():
+    """mblm runs each cycle alone: its time is interpolated between the timed (padded length, seconds) points, in
+    proportion beyond them, and summed over every cycle's chunks."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import embed_bench
+
+    assert embed_bench.mblm_points([10, 40, 70, 100, 5000], 2, 4096, 32) == [64, 128]
+    measured = {64: 0.2, 128: 0.3}
+    total = embed_bench.mblm_seconds_total([64, 100, 4096 + 10], measured, 4096, 32)
+    # 64 -> 0.2; 100 pads to 128 -> 0.3; 4106 = a 4096-token chunk (0.3 x 4096 / 128) + 10 padded to 32 (0.2 / 2)
+    assert total == pytest.approx(0.2 + 0.3 + 0.3 * 32 + 0.1)
+    assert embed_bench.mblm_seconds_total([80], measured, 4096, 32) == pytest.approx(0.2 + 0.1 * 32 / 64)
+
+
+# ------------------------------------------------------------------------------------------- the GPU benchmark
+def _gpu_bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bench.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA: nothing to refuse")
+def test_gpu_bench_refuses_clearly_without_cuda(tmp_path):
+    proc = _gpu_bench("--output", str(tmp_path / "gpu.json"))
+    assert proc.returncode == 2
+    assert "refused: no CUDA device" in proc.stderr and "--dry-run" in proc.stderr
+    assert not (tmp_path / "gpu.json").exists()
+
+
+def test_gpu_bench_dry_run_runs_every_step_on_cpu(tmp_path):
+    """The GPU script's plumbing on CPU at toy sizes: bf16 autocast check, SDPA backends, a 2-rank gloo rendezvous
+    under torchrun, msenc's batch search and timed steps, and mblm's when its venv is here."""
+    out = tmp_path / "gpu.json"
+    extra = {"MBLM_PYTHON": str(MBLM_PYTHON)} if MBLM_PYTHON.exists() else {}
+    skip = [] if MBLM_PYTHON.exists() else ["--skip", "mblm"]
+    proc = _gpu_bench("--dry-run", "--output", str(out), "--steps", "2", "--warmup", "1", *skip, env=extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["dry_run"] is True
+    checks = report["checks"]
+    assert checks["bf16_autocast"]["ok"] and checks["bf16_autocast"]["matmul_dtype"] == "torch.bfloat16"
+    assert checks["sdpa"]["runs"]["flash"] is True and checks["sdpa"]["default"] == "flash"  # the CPU flash kernel
+    _positive(checks, "matmul_tflops_bfloat16")
+    assert report["nccl"]["ok"] and report["nccl"]["world_size"] == 2 and report["nccl"]["backend"] == "gloo"
+    msenc = report["msenc"]
+    assert msenc["batch"] == 2 and len(msenc["step_s"]) == 2 and msenc["context_tokens"] == 512
+    _positive(report["summary"], "msenc_tokens_per_s", "msenc_mfu", "peak_tflops_bf16_used")
+    if MBLM_PYTHON.exists():
+        _positive(report["summary"], "mblm_tokens_per_s", "ratio")
+        assert report["mblm"]["params"] > 0 and report["mblm"]["batch"] == 2
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ def inputs(tmp_path_factory):
 
 
 def _embed(root, out, **cfg):
+    cfg.setdefault("bf16", False)  # float32 unless a test asks: the exact comparisons need it
     return run_embed(EmbedConfig(progress=False, **cfg), str(root / "emb"), str(root / "model"),
                      str(root / "unified"), str(out))
 
@@ -137,3 +138,45 @@ def test_cli_and_s3(inputs, tmp_path, s3):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["n_rows"] == N_CELLS * (LAST_CYCLE + 1)
     assert "emb-out/embeddings.parquet" in s3.keys("emb-out")
+
+
+def test_streamed_shard_by_shard_in_cell_order(inputs, tmp_path):
+    """A dataset of several shards is embedded and written one shard at a time (one Parquet row group each); the
+    file is still sorted by (cell, cycle) and holds the vectors of the single-shard dataset."""
+    import pyarrow.parquet as pq
+
+    run_preprocess(PreprocessConfig(is_training_shuffled=False, exclude_features=["cycle_life"], progress=False,
+                                    shard_rows=1), str(inputs / "unified"), str(tmp_path / "emb-shards"))
+    shards = sorted((tmp_path / "emb-shards" / "sequences").glob("*.parquet"))
+    assert len(shards) == N_CELLS  # whole cells per shard: one cell each here
+    result = run_embed(EmbedConfig(progress=False, csv=True, bf16=False), str(tmp_path / "emb-shards"),
+                       str(inputs / "model"), str(inputs / "unified"), str(tmp_path / "out"))
+    streamed = pq.ParquetFile(tmp_path / "out" / "embeddings.parquet")
+    assert streamed.metadata.num_row_groups == N_CELLS and result.n_rows == streamed.metadata.num_rows
+    table = streamed.read().to_pandas()
+    assert table[["cell_key", "cycle_number"]].equals(
+        table[["cell_key", "cycle_number"]].sort_values(["cell_key", "cycle_number"]).reset_index(drop=True))
+    whole = pd.read_parquet(_embed(inputs, tmp_path / "whole").output_uri + "/embeddings.parquet")
+    val = [c for c in whole.columns if c.startswith("val_")]
+    assert np.abs(whole[val].to_numpy() - table[val].to_numpy()).max() < 1e-5
+    for cell, group in table.groupby("cell_key"):  # each cell's CSV once, with its header once
+        csv = pd.read_csv(tmp_path / "out" / "csv" / f"{cell}.csv")
+        assert len(csv) == len(group) and list(csv.columns) == list(table.columns) + ["index"]
+
+
+def test_bf16_inference_where_native_stays_close_to_float32(inputs, tmp_path):
+    """bf16 autocast (the default where bf16 is native) against float32: every vector within 1% of its norm."""
+    from msenc_lib.model.hardware import native_bf16
+
+    fp32 = _embed(inputs, tmp_path / "fp32", bf16=False)
+    auto = _embed(inputs, tmp_path / "auto", bf16=True)  # the default: bf16 where native
+    assert EmbedConfig().bf16 and fp32.precision == "fp32"
+    assert auto.precision == ("bf16" if native_bf16("cpu") else "fp32")
+    a = pd.read_parquet(fp32.output_uri + "/embeddings.parquet")
+    b = pd.read_parquet(auto.output_uri + "/embeddings.parquet")
+    val = [c for c in a.columns if c.startswith("val_")]
+    x, y = a[val].to_numpy(), b[val].to_numpy()
+    error = np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1)
+    assert error.max() < 0.01, error.max()
+    if auto.precision == "bf16":
+        assert error.max() > 0  # it did run in bf16

@@ -33,10 +33,6 @@ def imported_modules(path: Path, package: str) -> set[str]:
 def modules(folder: str, installed: str):
     for path in sorted((ROOT / folder).rglob("*.py")):
         rel = path.relative_to(ROOT / folder).with_suffix("")
-        # ``python -m <package>`` entry points (msenc_lib/train/__main__.py runs the CLI's ``msenc train``) belong
-        # to the CLI layer; nothing imports them
-        if rel.name == "__main__":
-            continue
         package = ".".join([installed, *rel.parent.parts])
         yield path, package
 

@@ -220,3 +220,87 @@ def test_masked_lm_loss_falls_on_structured_numbers():
         losses.append(loss.item())
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last <= 0.7 * first, (first, last)
+
+
+def _two_stage(**kw):
+    return tiny_config(seq_lens=[16, 4], hidden_sizes=[16, 8], num_layers=[1, 1], num_attention_heads=[2, 1], **kw)
+
+
+def _loss_and_grads(model, ids, labels):
+    model.zero_grad()
+    out = model(ids, labels=labels)
+    out.loss.backward()
+    return out.last_hidden_state.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_compiled_layers_match_eager_outputs_and_gradients():
+    """torch.compile'd layers (explicit attention on the short stage, fused rotary) compute what eager layers do."""
+    from msenc_lib.model.modeling import CompiledFunction
+
+    torch.manual_seed(0)
+    eager = MultiscaleEncoderForMaskedLM(_two_stage())
+    compiled = MultiscaleEncoderForMaskedLM(_two_stage())
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_layers()
+    layers = [m for m in compiled.modules() if m.__class__.__name__ == "Block"]
+    assert layers and all(isinstance(m.forward, CompiledFunction) for m in layers)
+    ids = random_ids(2, 64)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 40:] = False
+    labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.3, ids, -100)
+    h_eager, g_eager = _loss_and_grads(eager, ids, labels)
+    h_comp, g_comp = _loss_and_grads(compiled, ids, labels)
+    assert not any(m.forward.failed for m in layers)  # it did compile
+    assert torch.allclose(h_eager, h_comp, atol=1e-5)
+    for name, grad in g_eager.items():
+        assert torch.allclose(grad, g_comp[name], atol=1e-5), name
+    with torch.inference_mode():
+        assert torch.allclose(eager.encoder(ids, attention_mask=mask).last_hidden_state,
+                              compiled.encoder(ids, attention_mask=mask).last_hidden_state, atol=1e-5)
+
+
+def test_a_failed_compilation_falls_back_to_eager_layers(caplog):
+    """No usable C++ compiler: the first call logs one warning and the layers run eagerly, with the same results."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    eager = MultiscaleEncoderModel(_two_stage()).eval()
+    model = MultiscaleEncoderModel(_two_stage()).eval()
+    model.load_state_dict(eager.state_dict())
+    model.compile_layers()
+    ids = random_ids(1, 50)
+    torch._dynamo.reset()
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}), \
+            caplog.at_level("WARNING", logger="msenc_lib.model.modeling"):
+        out = model(ids).last_hidden_state
+        again = model(ids).last_hidden_state
+    torch._dynamo.reset()
+    assert torch.equal(out, eager(ids).last_hidden_state) and torch.equal(again, out)
+    layers = [m for m in model.modules() if m.__class__.__name__ == "Block"]
+    assert all(m.forward.failed for m in layers)
+    assert len([r for r in caplog.records if "torch.compile failed" in r.message]) == len(layers)
+
+
+def test_a_real_error_in_a_compiled_layer_is_raised_not_swallowed():
+    torch.manual_seed(0)
+    model = MultiscaleEncoderModel(_two_stage()).eval()
+    model.compile_layers()
+    layer = model.stages[0].layers[0]
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(1, 16, 7))  # wrong width: eager fails as well
+    assert not layer.forward.failed
+
+
+def test_per_stage_head_sizes_and_the_seed_wide_preset():
+    wide = MultiscaleEncoderConfig.from_preset("seed_wide", vocab_size=VOCAB)
+    seed = MultiscaleEncoderConfig.from_preset("seed", vocab_size=VOCAB)
+    assert [wide.stage_head_dim(k) for k in range(3)] == [32, 8, 8] and wide.num_attention_heads == [8, 16, 4]
+    assert MultiscaleEncoderModel(wide).num_parameters() == MultiscaleEncoderModel(seed).num_parameters()
+    model = MultiscaleEncoderModel(tiny_config(num_attention_heads=[2, 4, 4], head_dim=[32, 8, 8])).eval()
+    assert model.stages[0].layers[0].attn.qkv.out_features == 3 * 2 * 32
+    assert model(random_ids(1, 300)).last_hidden_state.shape == (1, 300, 32)
+    with pytest.raises(ValueError, match="head_dim"):
+        tiny_config(head_dim=[8, 8])
+    with pytest.raises(ValueError, match="head_dim"):
+        tiny_config(head_dim=[8, 7, 8])

@@ -99,8 +99,8 @@ def test_rendered_job_is_the_sdk_model_and_round_trips():
         assert c.name == "pytorch" and c.image == IMAGE
         assert c.resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
         assert c.resources.requests == {"cpu": "8", "memory": "32Gi"}
-        assert c.command[:3] == ["python", "-m", "msenc_lib.train"]
-        assert c.command[3:] == ["--data-dir", "s3://bucket/split", "--output-dir", "s3://bucket/models/run1",
+        assert c.command[:4] == ["python", "-m", "msenc_cli", "train"]
+        assert c.command[4:] == ["--data-dir", "s3://bucket/split", "--output-dir", "s3://bucket/models/run1",
                                  "--config", "s3://bucket/configs/train.yaml", "--preset", "tiny",
                                  "--max-steps", "50"]
         assert pod_spec.node_selector == {"nvidia.com/gpu.product": "A100-SXM4-80GB"}
@@ -219,7 +219,7 @@ def test_cpu_job_has_no_gpu_and_several_gpus_use_torchrun():
     assert job["spec"]["nprocPerNode"] == "4"
     cmd = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[:3] == ["python", "-m", "torch.distributed.run"] and "--nproc-per-node=4" in cmd
-    assert cmd[cmd.index("-m", 3):][:2] == ["-m", "msenc_lib.train"]
+    assert cmd[cmd.index("-m", 3):][:3] == ["-m", "msenc_cli", "train"]
 
 
 def test_kfp_minio_artifact_uris_and_mirror_paths_become_s3_uris():
@@ -292,7 +292,7 @@ def test_replica_processes_emulate_the_operator_env():
         assert p.env["AWS_ACCESS_KEY_ID"] == "AKIA-TEST" and p.env["AWS_DEFAULT_REGION"] == "eu-west-1"
         assert p.env["PYTHONUNBUFFERED"] == "1"  # training operator v1.9
         assert "AWS_ENDPOINT_URL" not in p.env  # optional key absent from the Secret: unset, like the kubelet
-        assert p.command[:3] == ["/usr/bin/python3", "-m", "msenc_lib.train"]
+        assert p.command[:4] == ["/usr/bin/python3", "-m", "msenc_cli", "train"]
     # the container port is the default MASTER_PORT, as the operator does
     assert replica_processes(job, secrets=secrets)[0].env["MASTER_PORT"] == "23456"
     with pytest.raises(ContainerConfigError, match="couldn't find key AWS_SECRET_ACCESS_KEY in Secret default/msenc-storage"):
@@ -308,7 +308,7 @@ def test_var_refs_expand_like_the_kubelet():
 
 
 PROBE = textwrap.dedent("""
-    # Stands in for msenc_lib.train (written by a later task): same arguments, same env contract.
+    # Stands in for `msenc train`: same arguments, same env contract.
     import argparse, datetime, json, os
     import torch, torch.distributed as dist
     from msenc_lib import storage
@@ -331,6 +331,13 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def probe_command(command: list[str]) -> list[str]:
+    """The pod command with ``-m msenc_cli train`` swapped for ``-m probe_train``."""
+    at = command.index("msenc_cli")
+    assert command[at - 1:at + 2] == ["-m", "msenc_cli", "train"]
+    return [*command[:at], "probe_train", *command[at + 2:]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers,gpus", [(2, 0), (1, 2)], ids=["2-pods", "torchrun-2-procs"])
 def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, workers, gpus):
@@ -345,8 +352,7 @@ def test_rendered_commands_rendezvous_with_the_operator_env(s3, tmp_path, worker
                               python=sys.executable)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     base_env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
-    run_to_completion([(["probe_train" if a == "msenc_lib.train" else a for a in p.command], {**base_env, **p.env})
-                       for p in procs], timeout=120)
+    run_to_completion([(probe_command(p.command), {**base_env, **p.env}) for p in procs], timeout=120)
     obj = s3.client().get_object(Bucket=s3.bucket, Key=f"models/w{workers}g{gpus}/probe.json")
     got = json.loads(obj["Body"].read())
     world = workers * max(gpus, 1)

@@ -23,9 +23,10 @@ from msenc_lib.layout import read_metrics_log
 from msenc_lib.train import TrainConfig, run_train
 
 REPO = Path(__file__).resolve().parents[1]
-# small, fast runs: 256-token windows, no progress bar, frequent logging
+# small, fast runs: 256-token windows, no progress bar, frequent logging; float32 (the exact-equality tests compare
+# runs whose batch shapes differ, which bf16 rounds differently; the bf16 path has its own test)
 FAST = dict(preset="tiny", context_length=256, progress=False, log_every=2, eval_every=0, save_every=0,
-            eval_max_windows=8)
+            eval_max_windows=8, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +137,8 @@ def test_cli_40_steps_saves_a_model_that_auto_model_loads(split_dir, tmp_path):
     assert [r["step"] for r in train_rows] == list(range(10, 41, 10))
     assert all({"loss", "ce", "ntl", "lr", "tokens_per_s"} <= set(r) for r in train_rows)
     assert TrainConfig.load(str(out / "train_config.yaml")).max_steps == 40
-    # python -m msenc_lib.train is the same command (the PyTorchJob pod's)
-    helped = subprocess.run([sys.executable, "-m", "msenc_lib.train", "--help"], env=child_env(),
+    # python -m msenc_cli train is the same command (the PyTorchJob pod's)
+    helped = subprocess.run([sys.executable, "-m", "msenc_cli", "train", "--help"], env=child_env(),
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--resume" in helped.stdout and "--init-model" in helped.stdout
 
@@ -352,7 +353,7 @@ def test_missing_split_or_train_sequences_is_a_clear_error(split_dir, tmp_path):
         run_train(cfg(max_steps=1), str(broken), str(tmp_path / "o2"))
     assert not (tmp_path / "o2").exists()
     # through the CLI: exit status 2 and the message, no traceback
-    proc = subprocess.run([sys.executable, "-m", "msenc_lib.train", "--data-dir", str(broken), "--output-dir",
+    proc = subprocess.run([sys.executable, "-m", "msenc_cli", "train", "--data-dir", str(broken), "--output-dir",
                            str(tmp_path / "o3"), "--preset", "tiny"], env=child_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "no training sequences" in proc.stderr and "Traceback" not in proc.stderr
@@ -450,7 +451,7 @@ def test_a_rank_that_fails_to_start_stops_the_other_promptly(split_dir, tmp_path
         env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank))
         if rank == 1:
             env["MSENC_TRAIN__PRESET"] = "huge"
-        procs.append(subprocess.Popen([sys.executable, "-m", "msenc_lib.train", "--data-dir", str(split_dir),
+        procs.append(subprocess.Popen([sys.executable, "-m", "msenc_cli", "train", "--data-dir", str(split_dir),
                                        "--output-dir", str(tmp_path / "out"), "--progress", "false"], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
@@ -463,3 +464,34 @@ def test_a_rank_that_fails_to_start_stops_the_other_promptly(split_dir, tmp_path
     assert "training setup failed on another rank" in errs[0]
     assert "unknown preset 'huge'" in errs[1]
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- precision
+def test_bf16_autocast_keeps_the_float32_loss_curve_within_seed_noise(split_dir, tmp_path):
+    """bf16 autocast (the default where bf16 is native) against float32 from the same seed: the loss curves differ
+    by less than two float32 runs of different seeds do, and bf16 learns as much."""
+    steps = dict(max_steps=200, log_every=10, learning_rate=3e-3)
+
+    def curve(name: str, **over) -> np.ndarray:
+        run_train(cfg(**steps, **over), str(split_dir), str(tmp_path / name))
+        return np.array([r["loss"] for r in read_metrics_log(str(tmp_path / name)) if "loss" in r])
+
+    fp32, bf16, other_seed = curve("fp32"), curve("bf16", precision="bf16"), curve("seed1", seed=1)
+    assert len(fp32) == len(bf16) == 20
+    noise = np.abs(other_seed - fp32).mean()
+    assert np.abs(bf16 - fp32).mean() < noise, (np.abs(bf16 - fp32).mean(), noise)
+    assert bf16[-5:].mean() < 0.85 * bf16[0] and fp32[-5:].mean() < 0.85 * fp32[0]
+    assert abs(bf16[-5:].mean() - fp32[-5:].mean()) < 0.02 * fp32[-5:].mean()
+
+
+def test_compiled_layers_train_like_eager_ones(split_dir, tmp_path, caplog):
+    """--compile on (the default from 16k-token contexts) on the tiny data: the same losses as eager layers."""
+    steps = dict(max_steps=3, log_every=1)
+    eager = run_train(cfg(**steps, compile="off"), str(split_dir), str(tmp_path / "eager"))
+    with caplog.at_level("INFO", logger="msenc_lib"):
+        compiled = run_train(cfg(**steps, compile="on"), str(split_dir), str(tmp_path / "compiled"))
+    assert any("layers compiled" in r.message for r in caplog.records)
+    assert not any("torch.compile failed" in r.message for r in caplog.records)  # it compiled, no eager fallback
+    assert compiled.steps == eager.steps == 3
+    rows_e, rows_c = read_metrics_log(str(tmp_path / "eager")), read_metrics_log(str(tmp_path / "compiled"))
+    assert [r["loss"] for r in rows_c] == pytest.approx([r["loss"] for r in rows_e], rel=1e-4)

@@ -1,13 +1,13 @@
 """What every cluster launcher of the training entry point shares.
 
-A launcher runs ``python -m msenc_lib.train`` (the same as ``msenc train``) on a cluster: today as a Kubeflow
+A launcher runs ``python -m msenc_cli train`` (the same as ``msenc train``) on a cluster: today as a Kubeflow
 Training Operator ``PyTorchJob`` (:mod:`msenc_lib.launch.pytorchjob`); Kubeflow Trainer v2 ``TrainJob`` can
 be added as another :class:`TrainLauncher` with its own config class, reusing :class:`LaunchConfig`,
 :func:`train_command`, :func:`storage_env` and :class:`LaunchResult`.
 
 The training command contract (the train task implements it)::
 
-    python -m msenc_lib.train --data-dir <URI> --output-dir <URI> [--config <URI of a train config YAML>]
+    python -m msenc_cli train --data-dir <URI> --output-dir <URI> [--config <URI of a train config YAML>]
                               [--preset NAME] [--max-steps N] [--resume]
 
 It reads ``MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK`` (the Training Operator's env) or torchrun's env and
@@ -39,7 +39,8 @@ from msenc_lib import storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import MsencError
 
-TRAIN_MODULE = "msenc_lib.train"
+# The pod command: the msenc CLI's train subcommand (``msenc train``) run as a module.
+TRAIN_ENTRY = ["-m", "msenc_cli", "train"]
 # Keys of the storage Secret (manifests/base/storage-secret.template.yaml). The endpoint and region keys
 # are optional in the Secret; the credential key names are configurable (e.g. KFP's MinIO Secret uses
 # "accesskey"/"secretkey").
@@ -86,11 +87,11 @@ def train_command(data_dir: str, output_dir: str, *, train_config: str | None = 
         args.append("--resume")
     args += list(extra_args)
     if procs_per_node <= 1:
-        return ["python", "-m", TRAIN_MODULE, *args]
+        return ["python", *TRAIN_ENTRY, *args]
     # $(VAR) is expanded by the kubelet from the container's env, which the operator fills in.
     return ["python", "-m", "torch.distributed.run", "--nnodes=$(PET_NNODES)",
             f"--nproc-per-node={procs_per_node}", "--node-rank=$(PET_NODE_RANK)",
-            "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", "-m", TRAIN_MODULE, *args]
+            "--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)", *TRAIN_ENTRY, *args]
 
 
 def storage_env(secret_name: str, *, access_key_key: str = "AWS_ACCESS_KEY_ID",

@@ -18,6 +18,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the original workflow's model: seq_lens 2048x8x4, hidden 256/64/64, layers 8/4/2, heads 32/16/4 of dim 8
     "seed": dict(seq_lens=[2048, 8, 4], hidden_sizes=[256, 64, 64], num_layers=[8, 4, 2],
                  num_attention_heads=[32, 16, 4], head_dim=8),
+    # the seed's sizes and layers with 8 global heads of dim 32 (same parameters): the CPU attention kernel's cost
+    # grows with heads x positions^2, so its global stage trains ~2x faster (benchmarks/README.md); whether it
+    # embeds as well is for the quality benchmark to say
+    "seed_wide": dict(seq_lens=[2048, 8, 4], hidden_sizes=[256, 64, 64], num_layers=[8, 4, 2],
+                      num_attention_heads=[8, 16, 4], head_dim=[32, 8, 8]),
 }
 
 
@@ -27,7 +32,8 @@ class MultiscaleEncoderConfig(PretrainedConfig):
     Stage ``k`` (``k = 0`` is the global stage) runs a bidirectional transformer over sequences of
     ``seq_lens[k]`` elements of width ``hidden_sizes[k]``; an element of stage ``k`` is a patch of
     ``prod(seq_lens[k+1:])`` tokens, and the last stage's elements are the tokens themselves. The context is
-    ``prod(seq_lens)`` tokens. Attention of stage ``k`` has ``num_attention_heads[k]`` heads of ``head_dim``.
+    ``prod(seq_lens)`` tokens. Attention of stage ``k`` has ``num_attention_heads[k]`` heads of ``head_dim`` (one
+    size for all stages, or one per stage).
 
     Pretraining loss: ``ce_weight`` x cross-entropy + ``ntl_weight`` x number-token loss (``ntl_type``
     "mse" or "was") over the masked positions; the number-token loss needs ``digit_token_ids`` (ids of the
@@ -43,7 +49,7 @@ class MultiscaleEncoderConfig(PretrainedConfig):
         hidden_sizes: Sequence[int] = (256, 64, 64),
         num_layers: Sequence[int] = (8, 4, 2),
         num_attention_heads: Sequence[int] = (32, 16, 4),
-        head_dim: int = 8,
+        head_dim: int | Sequence[int] = 8,
         ff_multiplier: int = 2,
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
@@ -65,7 +71,7 @@ class MultiscaleEncoderConfig(PretrainedConfig):
         self.hidden_sizes = [int(x) for x in hidden_sizes]
         self.num_layers = [int(x) for x in num_layers]
         self.num_attention_heads = [int(x) for x in num_attention_heads]
-        self.head_dim = int(head_dim)
+        self.head_dim = int(head_dim) if isinstance(head_dim, (int, float, str)) else [int(x) for x in head_dim]
         self.ff_multiplier = int(ff_multiplier)
         self.attention_dropout = float(attention_dropout)
         self.hidden_dropout = float(hidden_dropout)
@@ -92,6 +98,10 @@ class MultiscaleEncoderConfig(PretrainedConfig):
         """Tokens one sequence can hold: ``prod(seq_lens)``."""
         return math.prod(self.seq_lens)
 
+    def stage_head_dim(self, stage: int) -> int:
+        """The attention head size of ``stage``."""
+        return self.head_dim if isinstance(self.head_dim, int) else self.head_dim[stage]
+
     def patch_size(self, stage: int) -> int:
         """Tokens in one element of ``stage`` (1 for the last stage)."""
         return math.prod(self.seq_lens[stage + 1:])
@@ -109,7 +119,9 @@ class MultiscaleEncoderConfig(PretrainedConfig):
                 raise ValueError(f"{name}: every entry must be >= 1, got {getattr(self, name)}")
         if any(v < 0 for v in self.num_layers):
             raise ValueError(f"num_layers: entries must be >= 0, got {self.num_layers}")
-        if self.head_dim < 2 or (self.use_rotary and self.head_dim % 2):
+        if not isinstance(self.head_dim, int) and len(self.head_dim) != n:
+            raise ValueError(f"head_dim: {len(self.head_dim)} entries for {n} stages (seq_lens={self.seq_lens})")
+        if any(d < 2 or (self.use_rotary and d % 2) for d in map(self.stage_head_dim, range(n))):
             raise ValueError(f"head_dim: must be even and >= 2 with rotary embeddings, got {self.head_dim}")
         if self.vocab_size < 2:
             raise ValueError(f"vocab_size: must be >= 2, got {self.vocab_size}")
@@ -126,7 +138,8 @@ class MultiscaleEncoderConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "MultiscaleEncoderConfig":
-        """A preset (``tiny``, ``small``, ``seed``) with overrides such as ``vocab_size`` or token ids."""
+        """A preset (``tiny``, ``small``, ``seed``, ``seed_wide``) with overrides such as ``vocab_size`` or token
+        ids."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

@@ -111,15 +111,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         h, w, columns, grad_h, grad_w, grad_b = ctx.saved_tensors
         if grad_h is None:
             raise RuntimeError("chunked cross-entropy: the forward pass ran without gradients")
-        grad_h = grad_h * grad_total
-        grad_w = grad_w * grad_total
-        grad_b = None if grad_b is None else grad_b * grad_total
-        if grad_columns is not None:
-            gp = grad_columns.float()
-            grad_h = grad_h.addmm_(gp, w.index_select(0, columns))
-            grad_w.index_add_(0, columns, gp.t() @ h)
-            if grad_b is not None:
-                grad_b.index_add_(0, columns, gp.sum(0))
+        with torch.autocast(h.device.type, enabled=False):  # backward runs under the caller's autocast
+            grad_h = grad_h * grad_total
+            grad_w = grad_w * grad_total
+            grad_b = None if grad_b is None else grad_b * grad_total
+            if grad_columns is not None:
+                gp = grad_columns.float()
+                grad_h = grad_h.addmm_(gp, w.index_select(0, columns))
+                grad_w.index_add_(0, columns, gp.t() @ h)
+                if grad_b is not None:
+                    grad_b.index_add_(0, columns, gp.sum(0))
         h_dtype, w_dtype, b_dtype = ctx.dtypes
         return (grad_h.to(h_dtype), grad_w.to(w_dtype), None if grad_b is None else grad_b.to(b_dtype),
                 None, None, None, None)

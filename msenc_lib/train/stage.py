@@ -1,6 +1,6 @@
 """Training stage: masked-LM + number-token pretraining of the multiscale encoder on a split's train subset.
 
-``run_train(config, data_uri, output_uri) -> TrainResult``; ``msenc train`` and ``python -m msenc_lib.train``
+``run_train(config, data_uri, output_uri) -> TrainResult``; ``msenc train`` and ``python -m msenc_cli train``
 (the PyTorchJob pod command) call it. Runs on one CPU/GPU, under torchrun, or with the Kubeflow Training
 Operator's env (``MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK``): DDP when ``WORLD_SIZE > 1``.
 
@@ -39,7 +39,7 @@ class TrainConfig(StageConfig):
     retired = frozenset({"overwrite"})  # now run_train's argument (--overwrite), like every stage's
 
     preset: str = Field("seed", description="model size: tiny (seconds on CPU), small (the demo), seed (the "
-                        "original's 2048x8x4 = 65,536-token model)")
+                        "original's 2048x8x4 = 65,536-token model), seed_wide (seed with 8 global heads of dim 32)")
     model: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset's model config "
                                   "fields (e.g. {seq_lens: [64, 4, 4], attention_dropout: 0.1})")
     context_length: int | None = Field(None, ge=1, description="tokens per training window; default = the "
@@ -72,7 +72,14 @@ class TrainConfig(StageConfig):
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     log_every: int = Field(10, ge=1, description="a metrics row every N steps")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where bf16 matmuls "
+                                                       "are native (CUDA; CPUs with AMX or AVX512-BF16), else fp32")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the transformer layers (eager "
+                                                  "if compiling fails); auto: on for contexts of 16,384+ tokens")
+    activation_memory_budget: float | None = Field(None, gt=0, le=1, description="compiled layers only: below 1, "
+                                                   "the backward pass recomputes cheap activations instead of keeping "
+                                                   "them (0.8 at the seed config: a sixth less peak memory, 7 "
+                                                   "percent longer steps)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     resume: bool = Field(False, description="continue from the latest checkpoint in the output folder")
     progress: bool = Field(True, description="progress bar on stderr (rank 0)")
