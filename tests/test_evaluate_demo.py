@@ -67,10 +67,16 @@ def test_default_evaluation_side_by_side(demo):
     assert h["cycle_life/test/variance/linear/r2"] > 0.7  # Severson's signal in the demo data
     assert h["cycle_life/test/none/dummy/r2"] < 0.05
     assert h["capacity/test/embedding/elastic_net/rmse"] < h["capacity/test/none/persistence/rmse"]
-    # the early-prediction curve: the variance feature gets better with more cycles
+    # the early-prediction curve: the same cells at every N (the dummy's error is the same), Severson's variance
+    # feature ahead of the dummy at each N
     curve = {p["n"]: p for p in doc["tasks"]["early_curve"]["curve"]}
-    rmse = {n: next(r for r in p["results"] if r["feature_set"] == "variance" and r["model"] == "linear")[
-        "subsets"]["test"]["rmse"] for n, p in curve.items()}
-    assert rmse[100] < rmse[20]
+
+    def rmse(n: int, spec: str) -> float:
+        return next(r for r in curve[n]["results"] if f"{r['feature_set']}/{r['model']}" == spec)[
+            "subsets"]["test"]["rmse"]
+
+    assert sorted(curve) == [20, 60, 100]
+    assert len({round(rmse(n, "none/dummy"), 6) for n in curve}) == 1
+    assert all(rmse(n, "variance/linear") < rmse(n, "none/dummy") for n in curve)
     page = (root / "eval" / "report.html").read_text()
     assert page.count("<img") == 9 and page.count("<tr") > 60
