@@ -216,24 +216,26 @@ folder holds config.json + model.safetensors).""",
 
 EVALUATE = StageCommand(
     name="evaluate",
-    help="downstream evaluation: cycle life and capacity, report.html",
+    help="downstream evaluation: cycle life, early curve, RUL, capacity vs BatteryML's baselines; report.html",
     description="""\
-Evaluate embeddings on the downstream tasks of Severson et al. (design.md §7), all on ONE split:
+Evaluate embeddings on the downstream tasks beside the field's baselines (design.md §7), on ONE split: a
+split config (--split-config) or a standard split (--split-preset: severson, BatteryML's matr1, matr2, clo,
+hust, snl, cruh, crush, mix, BatteryLife's batterylife-<dataset>; cells are matched as b1c0 or MATR_b1c0).
 
-  cycle life (battery level): features from cycles <= N (--first-cycles, default 100) -> log10 cycle life,
-    elastic net and random forest (hyper-parameters by cross-validation on the train cells); feature sets:
-    the encoder's embeddings aggregated per cell (--aggregation mean,delta), Severson's variance (1),
-    discharge (6) and full (9; 7 without internal resistance) features computed from the unified data, and
-    a seeded random-feature control of the embedding's size.
-  capacity (cycle level): max capacity of cycle c+k (--horizon) from the embedding of cycle c, against the
-    persistence baseline (capacity of cycle c) and the random control.
+  cycle_life   cycle life from the first N cycles (--first-cycles; a preset's own window by default)
+  early_curve  the same for N = 10, 20, ... 100 (--early-cycles), each scored
+  rul          cycles until capacity < 80 % of nominal (--eol-fraction; the nominal_capacity column, else the
+               cell's initial capacity), predicted at cycles 20, 30, ... (--rul-min-cycle/--rul-stride)
+  capacity     capacity k cycles ahead (--horizon) against persistence
 
-Inputs: --embeddings-dir (embeddings.parquet: cell_key, cycle_number, targets, val_0..val_{d-1}),
---unified-dir (<cell>.parquet per cell), --split-config (split_cfg.json, or a split dir holding it;
-every subset present is reported, empty ones skipped). Cells lacking a needed cycle are reported and
-excluded, not fatal. Output (--output-dir, local or s3://): metrics.json (RMSE, MAE, MAPE %, MSE, R² per
-task, feature set, model and subset + chosen hyper-parameters), predictions_*.csv/parquet, PNG plots and
-one self-contained report.html.
+Rows are <feature set>/<model> (--rows, --curve-rows, --capacity-rows), by default BatteryML's table in its
+order (dummy; Severson's variance/discharge/full with linear regression; ridge, PCR, PLSR, GPR, gradient
+boosting, random forest, MLP on the dQ(V) curve; CNN and LSTM on the per-cycle curves), then the embedding
+heads (elastic net, ridge, PCR, PLSR, random forest, an LSTM head over the per-cycle embeddings) and a random
+control. Every figure is the mean ± std over --seeds fitting seeds: RMSE, MAE, MAPE, R² and alpha-accuracy
+(--alphas, BatteryLife's). Cells or rows a feature set cannot describe are reported and excluded from all
+rows, not fatal. Output (--output-dir, local or s3://): metrics.json, predictions_*, PNG plots, summary.md
+and one self-contained report.html.
 """,
     config="msenc_lib.evaluate:EvaluateConfig",
     run="msenc_lib.evaluate:run_evaluate",
@@ -242,8 +244,10 @@ one self-contained report.html.
            PathOption(("--unified-dir",), "unified_dir",
                       "unified data folder (<cell_key>.parquet per cell); local or s3://"),
            PathOption(("--split-config",), "split_config", "split_cfg.json ({'train': ['<cell>.csv', ...], "
-                      "'validation': [...], 'test': [...]}) or a split folder holding it", "FILE"),
-           _OUTPUT),
+                      "'validation': [...], 'test': [...]}) or a split folder holding it; not with --split-preset",
+                      "FILE", required=False, keyword="split_config_uri"),
+           PathOption(("--output-dir",), "output_dir", "output folder (local or s3://)", keyword="output_uri")),
 )
+
 
 STAGE_COMMANDS = (GENERATE_DATA, INGEST, PREPROCESS, SPLIT, TRAIN, EMBED, EVALUATE)

@@ -234,6 +234,8 @@ REPORT_FILE = "report.html"
 EVALUATE_CONFIG = "evaluate_config.yaml"
 PREDICTIONS_CYCLE_LIFE = "predictions_cycle_life.csv"
 PREDICTIONS_CAPACITY = "predictions_capacity.parquet"
+PREDICTIONS_RUL = "predictions_rul.parquet"
+EVALUATION_SUMMARY = "summary.md"  # the headline tables in Markdown (the KFP UI renders it)
 
 # ------------------------------------------------------------------------------------------------ export
 LATEST_FILE = "LATEST"  # one line: the newest run's folder name

@@ -11,7 +11,8 @@ train until its weight reaches ``ratio_train`` of the total, then validation unt
 the rest is test (the original's greedy fill). ``--split-config FILE`` (the original's ``--config``) reuses
 a ``split_cfg.json`` exactly, also one written by the original; a cell it names that the data lacks is an
 error naming it; data cells it does not place are listed as a warning and left out. ``--preset severson``
-is the paper's primary-train / primary-test / secondary-test split of the 124 standard cells.
+is the paper's primary-train / primary-test / secondary-test split of the 124 standard cells; the other
+presets of :mod:`msenc_lib.split_presets` (BatteryML's and BatteryLife's standard splits) work the same way.
 
 Output::
 
@@ -32,44 +33,26 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from msenc_lib import layout, storage
 from msenc_lib.config import StageConfig
 from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.progress import progress_bar
+from msenc_lib.split_presets import get_preset, preset_names, resolve_preset
 
 log = logging.getLogger(__name__)
 
 
 
-# --------------------------------------------------------------------------------------- severson preset
+# ------------------------------------------------------------------------------------------------ presets
 def severson_split() -> dict[str, list[str]]:
-    """The paper's split of the 124 cells (Severson et al. 2019; rdbraatz "Load Data.ipynb").
-
-    Cells in pickle order after the cleaning (batch 1 without b1c8/10/12/13/22, batch 2 without the
-    carry-over cells b2c7/8/9/15/16, batch 3 without the noisy b3c2/23/32/37/42/43): indices 0, 2, ..., 82
-    and 83 are the primary test set, 1, 3, ..., 81 the training set, 84..123 (batch 3) the secondary test.
-    """
-    b1 = [f"b1c{i}" for i in range(46) if i not in {8, 10, 12, 13, 22}]
-    b2 = [f"b2c{i}" for i in range(48) if i not in {7, 8, 9, 15, 16}]
-    b3 = [f"b3c{i}" for i in range(46) if i not in {2, 23, 32, 37, 42, 43}]
-    cells = b1 + b2 + b3
-    n12 = len(b1) + len(b2)
-    test = [*range(0, n12, 2), n12 - 1]
-    train = range(1, n12 - 1, 2)
-    secondary = range(n12, len(cells))
-    return {
-        "train": [f"{cells[i]}.csv" for i in train],
-        "validation": [],
-        "test": [f"{cells[i]}.csv" for i in test],
-        "secondary_test": [f"{cells[i]}.csv" for i in secondary],
-    }
-
-
-PRESETS = {"severson": severson_split}
+    """The paper's split of the 124 cells as a ``split_cfg.json`` document of raw keys (``b1c0.csv``); the rule
+    and its source: :mod:`msenc_lib.split_presets`."""
+    preset = get_preset("severson")
+    return {s: [f"{c.removeprefix('MATR_')}.csv" for c in ids] for s, ids in preset.listed.items()}
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -80,14 +63,25 @@ class SplitConfig(StageConfig):
                                "that goes to train")
     ratio_validation: float = Field(0.05, ge=0.0, le=1.0, description="share for validation; test gets the rest")
     seed: int = Field(0, description="seed of the cell shuffle of a new split")
-    preset: Literal["severson"] | None = Field(
-        None, description="'severson': the paper's split of the 124 standard cells: primary train -> train, "
-        "primary test -> test, secondary test -> the extra subset 'secondary_test'; validation stays empty. "
-        "Ratios and seed are not used")
+    preset: str | None = Field(
+        None, description="a standard split (msenc_lib.split_presets; ratios and seed are not used): 'severson' "
+        "(primary train -> train, primary test -> test, secondary test -> the extra subset 'secondary_test'; "
+        "validation empty), BatteryML's matr1, matr2, clo, hust, snl, cruh, crush, mix (no validation), "
+        "BatteryLife's batterylife-<dataset> (train/validation/test), e.g. batterylife-matr, batterylife-li-ion")
+    allow_missing_cells: bool = Field(
+        False, description="a cell the preset lists but the data lacks is an error; true: leave it out with a "
+        "warning")
     merge_files: bool = Field(True, description="the original's option; for a folder of per-cell CSVs it also "
                               "writes OUT/<subset>.csv with all of the subset's rows; token shards and "
                               "embeddings.parquet are one table per subset already, so there it changes nothing")
     progress: bool = Field(True, description="progress bar on stderr")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in preset_names():
+            raise ValueError(f"unknown preset {v!r}; presets: {', '.join(preset_names())}")
+        return v
 
     @model_validator(mode="after")
     def _ratios(self) -> "SplitConfig":
@@ -318,7 +312,8 @@ def run_split(config: SplitConfig, input_uri: str, output_uri: str, split_config
         raise ConfigError("give either --preset or --split-config/--config, not both")
     if config.preset:
         source = f"preset {config.preset}"
-        assignment = layout.parse_split_config(PRESETS[config.preset](), source)
+        assignment = resolve_preset(config.preset, {c: None for c in weights}, allow_missing=config.allow_missing_cells,
+                                    warn=warnings.append).subsets
         how = f"preset:{config.preset}"
     elif split_config_uri:
         source = f"split config {split_config_uri}"

@@ -184,3 +184,21 @@ def test_gpu_bench_dry_run_runs_every_step_on_cpu(tmp_path):
     if MBLM_PYTHON.exists():
         _positive(report["summary"], "mblm_tokens_per_s", "ratio")
         assert report["mblm"]["params"] > 0 and report["mblm"]["batch"] == 2
+
+
+@pytest.mark.slow
+def test_quality_bench_quick(tmp_path):
+    out = tmp_path / "quality.json"
+    _run("quality_bench.py", "--output", str(out), "--budget-minutes", "0.2")
+    report = json.loads(out.read_text())
+    assert report["pretrain"]["steps"] == 10 and report["embeddings"]["dim"] > 0
+    life = report["figures"]["cycle_life"]
+    assert "none/dummy" in life and "embedding/elastic_net" in life and "qdv_seq/lstm" in life
+    held_out = next(iter(life["variance/linear"]))  # the tiny data's split: 7 train cells, 1 validation, no test
+    assert set(life["variance/linear"][held_out]) == {"rmse", "mae", "mape", "r2", "acc10", "acc15"}
+    assert set(report["target"]) >= {"cycle_life", "rul", "met"}
+    assert report["target"]["cycle_life"]["ratio"] == pytest.approx(
+        report["target"]["cycle_life"]["best_embedding"]["rmse"] / report["target"]["cycle_life"]["best_severson"]["rmse"])
+    assert set(report["experiments"]["aggregation"]) == {"mean", "mean+delta", "mean+delta+delta_norm",
+                                                         "mean+delta+delta_norm+slope", "last"}
+    assert set(report["experiments"]["pooling"]) == {"max", "first"}

@@ -31,8 +31,7 @@ def demo(tmp_path_factory):
 def test_variance_feature_predicts_cycle_life_on_every_held_out_quarter(demo):
     """4 rotations: each quarter of the 56 cells is the test subset once, the rest train."""
     root, cells = demo
-    cfg = EvaluateConfig(tasks=["cycle_life"], feature_sets=["variance"], models=["elastic_net"], plots=False,
-                         progress=False)
+    cfg = EvaluateConfig(tasks=["cycle_life"], rows=["variance/elastic_net"], seeds=1, plots=False, progress=False)
     held_out = []
     for i, test in enumerate(np.array_split(cells, 4)):
         train = [c for c in cells if c not in set(test)]
@@ -47,24 +46,37 @@ def test_variance_feature_predicts_cycle_life_on_every_held_out_quarter(demo):
 
 
 def test_default_evaluation_side_by_side(demo):
+    """BatteryML's rows, Severson's and the embedding heads on every task; cheaper networks and one N of the curve
+    fewer keep it in minutes (the rows and tasks are the defaults)."""
     root, cells = demo
     n = len(cells)
     split = fx.write_split(root / "split.json", train=cells[: n - 17], validation=cells[n - 17: n - 14],
                            test=cells[n - 14:])
-    res = run_evaluate(EvaluateConfig(progress=False), str(root / "emb"), str(root / "unified"), str(split),
-                       str(root / "eval"))
+    cfg = EvaluateConfig(progress=False, seeds=2, seq_epochs=40, early_cycles=[20, 60, 100])
+    res = run_evaluate(cfg, str(root / "emb"), str(root / "unified"), str(split), str(root / "eval"))
     doc = json.loads((root / "eval" / "metrics.json").read_text())
     life = doc["tasks"]["cycle_life"]
     assert life["n_cells"] == {"train": 39, "validation": 3, "test": 14} and not life["excluded"]
-    assert {(r["feature_set"], r["model"]) for r in life["results"]} == {
-        (fs, m) for fs in ("embedding", "random", "variance", "discharge", "full")
-        for m in ("elastic_net", "random_forest")}
+    assert [f"{r['feature_set']}/{r['model']}" for r in life["results"]] == cfg.rows
     h = res.headline
     # the stand-in embeddings carry the fade physics; the random control carries nothing
     best_emb = min(h[f"cycle_life/test/embedding/{m}/rmse"] for m in ("elastic_net", "random_forest"))
     best_rand = min(h[f"cycle_life/test/random/{m}/rmse"] for m in ("elastic_net", "random_forest"))
     assert best_emb < 0.5 * best_rand
     assert max(h[f"cycle_life/test/random/{m}/r2"] for m in ("elastic_net", "random_forest")) < 0.3
-    assert h["capacity/test/embedding/elastic_net/rmse"] < h["capacity/test/persistence/none/rmse"]
+    assert h["cycle_life/test/variance/linear/r2"] > 0.7  # Severson's signal in the demo data
+    assert h["cycle_life/test/none/dummy/r2"] < 0.05
+    assert h["capacity/test/embedding/elastic_net/rmse"] < h["capacity/test/none/persistence/rmse"]
+    # the early-prediction curve: the same cells at every N (the dummy's error is the same), Severson's variance
+    # feature ahead of the dummy at each N
+    curve = {p["n"]: p for p in doc["tasks"]["early_curve"]["curve"]}
+
+    def rmse(n: int, spec: str) -> float:
+        return next(r for r in curve[n]["results"] if f"{r['feature_set']}/{r['model']}" == spec)[
+            "subsets"]["test"]["rmse"]
+
+    assert sorted(curve) == [20, 60, 100]
+    assert len({round(rmse(n, "none/dummy"), 6) for n in curve}) == 1
+    assert all(rmse(n, "variance/linear") < rmse(n, "none/dummy") for n in curve)
     page = (root / "eval" / "report.html").read_text()
-    assert page.count("<img") == 6 and page.count("<tr") > 20
+    assert page.count("<img") == 9 and page.count("<tr") > 60

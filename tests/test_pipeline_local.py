@@ -91,14 +91,15 @@ def test_subprocess_pipeline_artifacts(tiny_run):
     assert emb[vals].notna().all().all()
     assert {"charge_capacity", "charge_policy_Q1"} <= set(emb.columns)
 
-    # evaluation: metrics for both tasks, the KFP Metrics artifact, the report
+    # evaluation: metrics for every task, the KFP Metrics artifact, the Markdown summary, the report
     evaluation = tasks["evaluate"]
     metrics = json.loads((evaluation / "evaluation" / "metrics.json").read_text())
-    assert set(metrics["tasks"]) == {"cycle_life", "capacity"}
-    # the Metrics artifact (kfp.local keeps its values in the step's executor output): held-out headline
+    assert set(metrics["tasks"]) == {"cycle_life", "early_curve", "rul", "capacity"}
+    # the Metrics artifact (kfp.local keeps its values in the step's executor output): key figures + headline
     executor = json.loads((evaluation / "executor_output.json").read_text())
     kfp_metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert kfp_metrics == pytest.approx(metrics["headline"])
+    assert kfp_metrics == pytest.approx({**metrics["key_figures"], **metrics["headline"]})
+    assert (evaluation / "summary").read_text().startswith("# msenc evaluation")
     assert any(k.startswith("cycle_life/test/") for k in kfp_metrics)
     assert any(k.startswith("capacity/test/") for k in kfp_metrics)
     report = Path(result.report).read_text()

@@ -1,7 +1,8 @@
-"""KFP component ``evaluate``: cycle-life and capacity regression vs Severson baselines, metrics, report."""
+"""KFP component ``evaluate``: cycle life, early-prediction curve, RUL and capacity vs BatteryML's baselines,
+metrics, report."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
 
 from msenc_components import DEFAULT_IMAGE
 
@@ -13,17 +14,20 @@ def evaluate(
     evaluation: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
+    summary: Output[Markdown],
     first_cycles: int = 100,
     horizon: int = 20,
     seed: int = 42,
+    seeds: int = 3,
     config_yaml: str = "",
 ):
-    """Downstream evaluation of the encoder's embeddings.
+    """Downstream evaluation of the encoder's embeddings on the split's cells.
 
-    Battery-level cycle life from the first ``first_cycles`` cycles (elastic net and random forest on the
-    embeddings vs Severson's variance/discharge/full features and a random control, on the split's cells)
-    and cycle-level capacity ``horizon`` cycles ahead. Writes metrics.json, predictions and plots to
-    ``evaluation``, the headline held-out metrics to ``metrics`` and the self-contained report to ``report``.
+    Cycle life from the first ``first_cycles`` cycles, the early-prediction curve, remaining useful life and
+    capacity ``horizon`` cycles ahead; every row of BatteryML's table (dummy, Severson's models, ridge, PCR,
+    PLSR, GPR, gradient boosting, random forest, MLP, CNN, LSTM) beside the embedding heads, mean ± std over
+    ``seeds`` fitting seeds. Writes metrics.json, predictions and plots to ``evaluation``, the key figures and
+    held-out means to ``metrics``, the Markdown tables to ``summary`` and the self-contained report to ``report``.
     """
     from msenc_lib.kfp_support import step_errors
 
@@ -35,11 +39,12 @@ def evaluate(
         from msenc_lib.kfp_support import component_config, log_metrics
 
         cfg = component_config(EvaluateConfig, config_yaml, first_cycles=first_cycles, horizon=horizon, seed=seed,
-                               progress=False)
+                               seeds=seeds, progress=False)
         result = run_evaluate(cfg, embeddings.path, unified.path, storage.join(split.path, layout.SPLIT_CONFIG),
                               evaluation.path, overwrite=True)
-        log_metrics(metrics, result.headline)
+        log_metrics(metrics, {**result.key_figures, **result.headline})
         shutil.copyfile(result.report_uri, report.path)
+        shutil.copyfile(result.summary_uri, summary.path)
 
 
 def build(image: str = DEFAULT_IMAGE):

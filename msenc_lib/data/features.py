@@ -24,6 +24,8 @@ MATLAB's ``var``, ``skewness``, ``kurtosis`` that Severson used.
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -91,6 +93,120 @@ def _to_pandas(df: Any, columns: list[str]) -> pd.DataFrame:
     return df[[c for c in columns if c in df.columns]]
 
 
+@dataclass
+class CellCycles:
+    """Per-cycle summaries of one cell, from which Severson's features follow at any cycle N.
+
+    ``curves[i]`` is Qd(V) of cycle ``cycles[i]`` on the voltage grid (NaN where the cycle has no
+    discharge rows or its curve was not asked for).
+    """
+
+    cell: str
+    cycles: np.ndarray  # sorted cycle numbers (float64)
+    qd_max: np.ndarray  # max discharge capacity per cycle
+    charge_time: np.ndarray  # duration of the current > 0 rows (0 where none)
+    temperature_integral: np.ndarray  # trapezoid integral of temperature over time within the cycle
+    ir: np.ndarray | None  # median internal resistance per cycle (None without the column)
+    curves: np.ndarray  # (len(cycles), grid points) Qd(V)
+    has_discharge: np.ndarray  # bool per cycle
+    cycle_life: float = float("nan")
+
+    def index_of(self, n: float) -> int | None:
+        i = int(np.searchsorted(self.cycles, float(n)))
+        return i if i < self.cycles.size and self.cycles[i] == float(n) else None
+
+    def require(self, n: float, what: str) -> int:
+        i = self.index_of(n)
+        if i is None:
+            raise InputDataError(f"severson features: cell {self.cell!r} has no cycle {n:g} (needed for {what})")
+        return i
+
+    def curve(self, n: float, what: str) -> np.ndarray:
+        i = self.require(n, what)
+        if not self.has_discharge[i]:
+            raise InputDataError(f"severson features: cell {self.cell!r}, cycle {n:g}: no discharge rows (current < 0)")
+        if np.isnan(self.curves[i, 0]):
+            raise ValueError(f"cell {self.cell!r}: the Qd(V) curve of cycle {n:g} was not computed")
+        return self.curves[i]
+
+
+def cell_cycles(part: pd.DataFrame, grid: np.ndarray | None = None, *, max_cycle: float | None = None,
+                curve_cycles: set[float] | None = None) -> CellCycles:
+    """:class:`CellCycles` of one cell's unified rows (``_NEEDED`` columns, optional IR and cycle_life).
+
+    ``max_cycle`` drops later cycles; ``curve_cycles`` limits the Qd(V) curves computed (None: every cycle).
+    """
+    grid = voltage_grid() if grid is None else grid
+    cell = str(part["cell_key"].iloc[0]) if len(part) else "?"
+    cyc = part["cycle_number"].to_numpy(dtype=np.float64)
+    keep = cyc >= 0 if max_cycle is None else (cyc >= 0) & (cyc <= max_cycle)
+    t, cur, volt, qd, temp = (part[c].to_numpy(dtype=np.float64)[keep]
+                              for c in ("time", "current", "voltage", "discharge_capacity", "temperature"))
+    ir_all = part[IR_COLUMN].to_numpy(dtype=np.float64)[keep] if IR_COLUMN in part.columns else None
+    cyc = cyc[keep]
+    order = np.argsort(cyc, kind="stable")  # rows of a cycle stay in file order
+    cyc, t, cur, volt, qd, temp = (a[order] for a in (cyc, t, cur, volt, qd, temp))
+    if ir_all is not None:
+        ir_all = ir_all[order]
+    bounds = np.flatnonzero(np.diff(cyc)) + 1
+    starts = np.concatenate([[0], bounds]).astype(np.int64) if cyc.size else np.zeros(0, np.int64)
+    ends = np.concatenate([bounds, [cyc.size]]).astype(np.int64) if cyc.size else np.zeros(0, np.int64)
+    n = starts.size
+    qd_max, charge_time, t_int = np.zeros(n), np.zeros(n), np.zeros(n)
+    ir = np.full(n, np.nan) if ir_all is not None else None
+    curves = np.full((n, grid.size), np.nan)
+    has_dis = np.zeros(n, dtype=bool)
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        qd_max[i] = qd[s:e].max()
+        ch = np.flatnonzero(cur[s:e] > 0)
+        charge_time[i] = t[s:e][ch[-1]] - t[s:e][ch[0]] if ch.size else 0.0
+        t_int[i] = float(np.sum(0.5 * (temp[s + 1:e] + temp[s:e - 1]) * np.diff(t[s:e])))
+        if ir is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cycles stay NaN
+                ir[i] = np.nanmedian(ir_all[s:e])
+        has_dis[i] = bool((cur[s:e] < 0).any())
+        if has_dis[i] and (curve_cycles is None or float(cyc[s]) in curve_cycles):
+            curves[i] = discharge_q_of_v(volt[s:e], qd[s:e], cur[s:e], grid)
+    life = float("nan")
+    if "cycle_life" in part.columns and len(part):
+        v = part["cycle_life"].iloc[0]
+        life = float(v) if pd.notna(v) else float("nan")
+    return CellCycles(cell=cell, cycles=cyc[starts] if n else np.zeros(0), qd_max=qd_max, charge_time=charge_time,
+                      temperature_integral=t_int, ir=ir, curves=curves, has_discharge=has_dis, cycle_life=life)
+
+
+def severson_at(cc: CellCycles, feature_set: FeatureSet, late: int, *, ref_cycle: int = 10, early_cycle: int = 2,
+                charge_time_cycles: tuple[int, int] = (1, 5)) -> dict[str, float]:
+    """Severson's ``feature_set`` of one cell from its cycles up to ``late`` (dQ = Qd_late(V) - Qd_ref(V))."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r} (choose from {list(FEATURE_SETS)})")
+    if not early_cycle < late or not ref_cycle < late:
+        raise ValueError(f"need early_cycle ({early_cycle}) and ref_cycle ({ref_cycle}) < first_cycles ({late})")
+    what = f"dQ_{late}-{ref_cycle}(V)"
+    feats: dict[str, float] = dict(delta_q_stats(cc.curve(late, what) - cc.curve(ref_cycle, what)))
+    i0 = cc.require(early_cycle, "the early discharge capacity")
+    in_span = (cc.cycles >= early_cycle) & (cc.cycles <= late)
+    qmax = cc.qd_max[in_span]
+    feats["qd_early"] = float(cc.qd_max[i0])
+    feats["qd_max_minus_early"] = float(qmax.max() - qmax[0])
+    if feature_set == "full":
+        slope, intercept = np.polyfit(cc.cycles[in_span], qmax, 1)
+        feats["qd_fade_slope"], feats["qd_fade_intercept"] = float(slope), float(intercept)
+        times = [cc.charge_time[cc.require(n, "the average charge time")]
+                 for n in range(charge_time_cycles[0], charge_time_cycles[1] + 1)]
+        feats["charge_time_mean"] = float(np.mean(times))
+        feats["temperature_integral"] = float(np.sum(cc.temperature_integral[in_span]))
+        if cc.ir is not None:
+            i_late = cc.require(late, "the internal resistance change")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                feats["ir_min"] = float(np.nanmin(cc.ir[in_span]))
+            feats["ir_change"] = float(cc.ir[i_late] - cc.ir[i0])
+    names = [n for n in FEATURE_SETS[feature_set] if cc.ir is not None or n not in IR_FEATURES]
+    return {n: feats[n] for n in names}
+
+
 def severson_features(
     df: Any,
     feature_set: FeatureSet = "variance",
@@ -112,81 +228,25 @@ def severson_features(
     late = int(first_cycles)
     if not early_cycle < late or not ref_cycle < late:
         raise ValueError(f"need early_cycle ({early_cycle}) and ref_cycle ({ref_cycle}) < first_cycles ({late})")
-    names = list(FEATURE_SETS[feature_set])
     cols = _NEEDED + [c for c in ("cycle_life", IR_COLUMN) if c not in _NEEDED]
     table = _to_pandas(df, cols)
     missing = [c for c in _NEEDED if c not in table.columns]
     if missing:
         raise InputDataError(f"severson features: the table lacks column(s) {missing}")
-    has_ir = IR_COLUMN in table.columns
-    if not has_ir:
-        names = [n for n in names if n not in IR_FEATURES]
-    last_needed = max(late, charge_time_cycles[1])
-    table = table[(table["cycle_number"] >= 0) & (table["cycle_number"] <= last_needed)]
     v_grid = voltage_grid(*grid)
-
     rows = []
     for cell, part in table.groupby("cell_key", sort=True):
-        cyc = part["cycle_number"].to_numpy()
-        t = part["time"].to_numpy(dtype=np.float64)
-        cur = part["current"].to_numpy(dtype=np.float64)
-        volt = part["voltage"].to_numpy(dtype=np.float64)
-        qd = part["discharge_capacity"].to_numpy(dtype=np.float64)
-        temp = part["temperature"].to_numpy(dtype=np.float64)
-        order = np.argsort(cyc, kind="stable")  # rows of a cycle stay in file order
-        cyc, t, cur, volt, qd, temp = (a[order] for a in (cyc, t, cur, volt, qd, temp))
-        bounds = np.flatnonzero(np.diff(cyc)) + 1
-        starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [cyc.size]])
-        by_cycle = {float(cyc[s]): (s, e) for s, e in zip(starts, ends)}
-
-        def rows_of(n: int, what: str) -> tuple[int, int]:
-            if float(n) not in by_cycle:
-                raise InputDataError(f"severson features: cell {cell!r} has no cycle {n} (needed for {what})")
-            return by_cycle[float(n)]
-
-        def q_of_v(n: int) -> np.ndarray:
-            s, e = rows_of(n, f"dQ_{late}-{ref_cycle}(V)")
-            out = discharge_q_of_v(volt[s:e], qd[s:e], cur[s:e], v_grid)
-            if out is None:
-                raise InputDataError(f"severson features: cell {cell!r}, cycle {n}: no discharge rows (current < 0)")
-            return out
-
-        feats: dict[str, float] = {}
-        feats.update(delta_q_stats(q_of_v(late) - q_of_v(ref_cycle)))
-        span = [n for n in range(early_cycle, late + 1) if float(n) in by_cycle]
-        rows_of(early_cycle, "the early discharge capacity")
-        qmax = np.array([qd[slice(*by_cycle[float(n)])].max() for n in span])
-        feats["qd_early"] = float(qmax[0])
-        feats["qd_max_minus_early"] = float(qmax.max() - qmax[0])
-        if feature_set == "full":
-            slope, intercept = np.polyfit(np.asarray(span, dtype=np.float64), qmax, 1)
-            feats["qd_fade_slope"], feats["qd_fade_intercept"] = float(slope), float(intercept)
-            times = []
-            for n in range(charge_time_cycles[0], charge_time_cycles[1] + 1):
-                s, e = rows_of(n, "the average charge time")
-                ch = np.flatnonzero(cur[s:e] > 0)
-                times.append(t[s:e][ch[-1]] - t[s:e][ch[0]] if ch.size else 0.0)
-            feats["charge_time_mean"] = float(np.mean(times))
-            integral = 0.0
-            for n in span:
-                s, e = by_cycle[float(n)]
-                integral += float(np.sum(0.5 * (temp[s + 1:e] + temp[s:e - 1]) * np.diff(t[s:e])))
-            feats["temperature_integral"] = integral
-            if has_ir:
-                ir = part[IR_COLUMN].to_numpy(dtype=np.float64)[order]
-                per_cycle = {n: np.nanmedian(ir[slice(*by_cycle[float(n)])]) for n in span}
-                rows_of(late, "the internal resistance change")
-                feats["ir_min"] = float(np.nanmin(list(per_cycle.values())))
-                feats["ir_change"] = float(per_cycle[late] - per_cycle[early_cycle])
-        row = {"cell_key": cell, **{n: feats[n] for n in names}}
+        cc = cell_cycles(part, v_grid, max_cycle=max(late, charge_time_cycles[1]),
+                         curve_cycles={float(late), float(ref_cycle)})
+        row = {"cell_key": cell, **severson_at(cc, feature_set, late, ref_cycle=ref_cycle, early_cycle=early_cycle,
+                                              charge_time_cycles=charge_time_cycles)}
         if "cycle_life" in part.columns:
-            life = part["cycle_life"].iloc[0]
-            row["cycle_life"] = float(life) if pd.notna(life) else np.nan
+            row["cycle_life"] = cc.cycle_life
         rows.append(row)
     if not rows:
         raise InputDataError("severson features: the table has no cells")
     return pd.DataFrame(rows).set_index("cell_key")
 
 
-__all__ = ["FEATURE_SETS", "severson_features", "discharge_q_of_v", "delta_q_stats", "voltage_grid"]
+__all__ = ["FEATURE_SETS", "CellCycles", "cell_cycles", "severson_at", "severson_features", "discharge_q_of_v",
+           "delta_q_stats", "voltage_grid"]

@@ -8,14 +8,59 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from msenc_lib.config import StageConfig
 
-TaskName = Literal["cycle_life", "capacity"]
-ModelName = Literal["elastic_net", "random_forest"]
-AggregateName = Literal["mean", "delta", "std", "first", "last"]
-# Feature sets of the cycle-life task: the encoder's embeddings, their random control, Severson's three sets.
-CycleLifeFeatureSet = Literal["embedding", "random", "variance", "discharge", "full"]
-# Feature sets of the capacity task (the persistence baseline needs no model and is always reported).
-CapacityFeatureSet = Literal["embedding", "random"]
+TaskName = Literal["cycle_life", "early_curve", "rul", "capacity"]
+AggregateName = Literal["mean", "delta", "std", "first", "last", "slope", "delta_norm"]
+
+# Feature sets. Tabular: one vector per row; sequence: one vector per cycle up to the row's cycle.
+TABULAR_SETS: dict[str, str] = {
+    "none": "no features (the dummy model predicts the train mean)",
+    "variance": "Severson's variance feature: log10 var of dQ_N-ref(V)",
+    "discharge": "Severson's 6 discharge features",
+    "full": "Severson's full set (9 with internal resistance, 7 without)",
+    "qdv": "the dQ(V) curve, Qd_N(V) - Qd_ref(V) on 1000 voltage points (BatteryML's input of Ridge/PCR/PLSR/GPR/"
+           "XGBoost/RF/MLP)",
+    "embedding": "the encoder's per-cycle embeddings aggregated over the cell's cycles up to N",
+    "random": "control: seeded N(0,1) numbers in place of the embeddings, aggregated the same way",
+}
+SEQUENCE_SETS: dict[str, str] = {
+    "qdv_seq": "per cycle up to N: Qd_c(V) - Qd_ref(V) on 100 voltage points (BatteryML's LSTM input)",
+    "embedding_seq": "per cycle up to N: the encoder's embedding of the cycle (the LSTM head's input)",
+}
+CAPACITY_SETS: dict[str, str] = {
+    "none": "no model: persistence, capacity(c + k) = capacity(c)",
+    "embedding": "the embedding of cycle c",
+    "random": "control: seeded N(0,1) numbers of the embedding's size",
+    "capacity_history": "hand features: capacity of cycle c, its change over the last 10 cycles, and c",
+}
+TABULAR_MODELS = ("dummy", "linear", "elastic_net", "ridge", "pcr", "plsr", "gpr", "svr", "gradient_boosting",
+                  "random_forest", "mlp")
+SEQUENCE_MODELS = ("lstm", "cnn")
+BASELINE_MODELS = ("persistence",)
 SEVERSON_SETS: tuple[str, ...] = ("variance", "discharge", "full")
+EMBEDDING_SETS: tuple[str, ...] = ("embedding", "embedding_seq")
+
+# BatteryML's table order (README: Dummy, Variance, Discharge, Full, Ridge, PCR, PLSR, GPR, XGBoost, RF, MLP, CNN,
+# LSTM), then the rows BatteryML has no config for (SVR, Severson's own elastic net), the embedding heads and the
+# random control.
+DEFAULT_ROWS = [
+    "none/dummy", "variance/linear", "discharge/linear", "full/linear", "qdv/ridge", "qdv/pcr", "qdv/plsr",
+    "qdv/gpr", "qdv/gradient_boosting", "qdv/random_forest", "qdv/mlp", "qdv_seq/cnn", "qdv_seq/lstm",
+    "qdv/svr", "variance/elastic_net", "discharge/elastic_net", "full/elastic_net",
+    "embedding/elastic_net", "embedding/ridge", "embedding/pcr", "embedding/plsr", "embedding/random_forest",
+    "embedding_seq/lstm", "random/elastic_net", "random/random_forest",
+]
+DEFAULT_CURVE_ROWS = ["none/dummy", "variance/linear", "discharge/linear", "qdv/plsr", "variance/elastic_net",
+                      "embedding/elastic_net", "embedding/plsr", "embedding/random_forest"]
+DEFAULT_CAPACITY_ROWS = ["none/persistence", "capacity_history/linear", "embedding/elastic_net", "embedding/ridge",
+                         "embedding/random_forest", "random/elastic_net"]
+
+
+def check_row(row: str, sets: dict[str, str], models: tuple[str, ...], what: str) -> str:
+    fs, sep, model = row.partition("/")
+    if not sep or fs not in sets or model not in models:
+        raise ValueError(f"{what} row {row!r}: use <feature set>/<model> with a feature set of {sorted(sets)} and a "
+                         f"model of {list(models)}")
+    return row
 
 
 class EvaluateConfig(StageConfig):
@@ -24,50 +69,76 @@ class EvaluateConfig(StageConfig):
     stage = "evaluate"
 
     tasks: list[TaskName] = Field(
-        default_factory=lambda: ["cycle_life", "capacity"],
-        description="cycle_life: battery-level log10 cycle life from the first cycles; capacity: cycle-level "
-        "capacity `horizon` cycles ahead")
+        default_factory=lambda: ["cycle_life", "early_curve", "rul", "capacity"],
+        description="cycle_life: battery-level cycle life from the first N cycles; early_curve: the same for N in "
+        "early_cycles, each scored; rul: remaining useful life (cycles until the capacity falls below "
+        "eol_fraction of nominal) at cycles rul_min_cycle, +rul_stride, ...; capacity: capacity `horizon` cycles "
+        "ahead")
+    split_preset: str | None = Field(
+        None, description="a standard split instead of the split config (msenc_lib.split_presets): severson, "
+        "BatteryML's matr1, matr2, clo, hust, snl, cruh, crush, mix, BatteryLife's batterylife-<dataset> (e.g. "
+        "batterylife-matr, batterylife-li-ion; their test cells are also scored as test_seen / test_unseen)")
+    allow_missing_cells: bool = Field(
+        False, description="split preset: a cell it lists but the data lacks is an error; true: leave it out with "
+        "a warning")
     first_cycles: int = Field(
-        100, ge=2, description="N: cycle-life features use cycles <= N only (Severson: 100; their dQ(V) "
-        "needs N > 10)")
+        100, ge=2, description="N of the cycle_life task: features use cycles <= N only (Severson, BatteryML: 100)")
+    early_cycles: list[int] = Field(
+        default_factory=lambda: [10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+        description="the early-prediction curve: cycle life from the first N cycles for each N")
     min_cycle: int = Field(
-        1, ge=0, description="first cycle used from the embeddings (cycle 0 is a partial formation cycle in "
-        "Severson-like data: it opens with all-zero rows)")
-    feature_sets: list[CycleLifeFeatureSet] = Field(
-        default_factory=lambda: ["embedding", "random", "variance", "discharge", "full"],
-        description="cycle-life feature sets, all fitted on the same cells: embedding (aggregated per cell), "
-        "random (seeded N(0,1) control of the embedding's dimension, aggregated the same way), Severson's "
-        "variance (1 feature), discharge (6), full (9; 7 without internal resistance)")
+        1, ge=0, description="first cycle used (cycle 0 is a partial formation cycle in Severson-like data: it "
+        "opens with all-zero rows)")
+    ref_cycle: int = Field(
+        10, ge=1, description="reference cycle of dQ(V) = Qd_N(V) - Qd_ref(V) (Severson: 10); for N <= ref_cycle "
+        "the reference is N // 2")
+    rows: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ROWS),
+        description="cycle_life and rul: the <feature set>/<model> rows, in the report's order (default: "
+        "BatteryML's table order, then Severson's elastic net, the embedding heads, the random control). Feature "
+        f"sets {list(TABULAR_SETS)} with models {list(TABULAR_MODELS)}; {list(SEQUENCE_SETS)} with "
+        f"{list(SEQUENCE_MODELS)}")
+    curve_rows: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CURVE_ROWS),
+        description="early_curve: the rows scored at every N (each costs len(early_cycles) fits per seed)")
+    capacity_rows: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CAPACITY_ROWS),
+        description=f"capacity: rows of feature sets {list(CAPACITY_SETS)} with models {list(TABULAR_MODELS)}; "
+        "none/persistence is the model-free baseline")
+    seeds: int = Field(
+        3, ge=1, description="model fits per row, seeds seed, seed+1, ...: every figure is the mean and standard "
+        "deviation over them (CV folds, forests, networks and the random control change with the seed)")
+    seed: int = Field(42, description="first seed")
+    alphas: list[float] = Field(
+        default_factory=lambda: [0.10, 0.15],
+        description="alpha-accuracy levels (BatteryLife): share of predictions within alpha x the true value, reported in percent")
     aggregation: list[AggregateName] = Field(
-        default_factory=lambda: ["mean", "delta"],
+        default_factory=lambda: ["mean", "delta", "delta_norm"],
         description="how a cell's per-cycle embeddings (cycles min_cycle..N) become one vector, concatenated: "
-        "mean; delta = mean of the last `delta_window` cycles minus mean of the first `delta_window` (the "
-        "change over early life, like Severson's dQ_100-10); std; first / last = mean of the first / last "
-        "window")
+        "mean; delta = mean of the last `delta_window` cycles minus mean of the first (the change over early "
+        "life, like Severson's dQ_N-10); delta_norm = log10 of that change's norm (one number, like log var "
+        "dQ); std; slope = per-dimension least-squares slope over the cycles; first / last = mean of the "
+        "first / last window")
     delta_window: int = Field(
         10, ge=1, description="cycles in each end window of the delta/first/last aggregates")
-    models: list[ModelName] = Field(
-        default_factory=lambda: ["elastic_net", "random_forest"],
-        description="regressors; hyper-parameters chosen by cross-validation on the train cells")
+    eol_fraction: float = Field(
+        0.8, gt=0, lt=1, description="rul: end of life = first cycle whose discharge capacity is below this share "
+        "of the nominal capacity (BatteryML/BatteryLife: 0.8; 0.9 for CRUSH, SNL, CALB)")
+    rul_min_cycle: int = Field(20, ge=1, description="rul: first cycle c a prediction is made at")
+    rul_max_cycle: int = Field(300, ge=1, description="rul: last cycle c a prediction is made at")
+    rul_stride: int = Field(10, ge=1, description="rul: a prediction every this many cycles")
     horizon: int = Field(
         20, ge=1, description="capacity task: predict the capacity of cycle c+horizon from cycle c")
     capacity_column: str = Field(
         "charge_capacity", description="capacity task target: max of this unified column per (cell, cycle)")
-    capacity_feature_sets: list[CapacityFeatureSet] = Field(
-        default_factory=lambda: ["embedding", "random"],
-        description="capacity-task feature sets (the persistence baseline, capacity(c+k) = capacity(c), is "
-        "always reported)")
     capacity_stride: int = Field(
-        5, ge=1, description="capacity task: use every n-th cycle (from min_cycle) as a starting cycle c; "
-        "neighbouring cycles are nearly identical, so this mostly saves time on long histories")
+        5, ge=1, description="capacity task: use every n-th cycle (from min_cycle) as a starting cycle c")
     cv_folds: int = Field(
-        5, ge=2, description="cross-validation folds on the train cells (grouped by cell); the train subset "
-        "needs at least this many usable cells")
-    seed: int = Field(42, description="seed of CV shuffles, random forests and the random-feature control")
+        5, ge=2, description="cross-validation folds on the train cells (grouped by cell) for the models' "
+        "hyper-parameters; the train subset needs at least this many usable cells")
     en_alphas: list[float] = Field(
         default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
-        description="elastic-net penalty grid (features and target are standardised, so the scale is "
-        "data-independent; 1.0 leaves only the intercept)")
+        description="elastic-net penalty grid (features and target are standardised)")
     en_l1_ratios: list[float] = Field(
         default_factory=lambda: [0.1, 0.5, 0.9, 1.0], description="elastic-net L1 share grid")
     rf_n_estimators: list[int] = Field(default_factory=lambda: [100], description="random-forest trees grid")
@@ -78,17 +149,62 @@ class EvaluateConfig(StageConfig):
     rf_max_features: list[str] = Field(
         default_factory=lambda: ["sqrt", "1.0"],
         description="random-forest features per split grid: sqrt, log2, or a fraction like 0.5")
+    seq_hidden: int = Field(32, ge=1, description="lstm, cnn: hidden size (BatteryML and the original's LSTM head: 32)")
+    seq_layers: int = Field(2, ge=1, description="lstm: layers")
+    seq_epochs: int = Field(150, ge=1, description="lstm, cnn: full-batch training epochs (AdamW)")
+    seq_stride: int = Field(
+        5, ge=1, description="lstm, cnn: read every k-th cycle (cycle numbers divisible by k) up to the row's "
+        "cycle n: the recurrence costs time per step; 1 = every cycle, as BatteryML")
+    seq_lr: float = Field(3e-3, gt=0, description="lstm, cnn: learning rate")
+    seq_weight_decay: float = Field(1e-3, ge=0, description="lstm, cnn: AdamW weight decay")
     n_jobs: int = Field(1, description="threads for the random-forest trees (-1: all cores); results do not "
                         "depend on it")
     plots: bool = Field(True, description="write PNG plots and inline them in report.html")
     progress: bool = Field(True, description="progress bar on stderr")
 
-    @field_validator("feature_sets", "models", "tasks", "aggregation", "capacity_feature_sets")
+    @field_validator("tasks", "aggregation", "rows", "curve_rows", "capacity_rows", "early_cycles", "alphas")
     @classmethod
     def _unique_nonempty(cls, v: list) -> list:
         if not v:
             raise ValueError("must name at least one entry")
         return list(dict.fromkeys(v))
+
+    @field_validator("rows", "curve_rows")
+    @classmethod
+    def _rows(cls, v: list[str]) -> list[str]:
+        for row in v:
+            fs, _, model = row.partition("/")
+            if fs in SEQUENCE_SETS:
+                check_row(row, SEQUENCE_SETS, SEQUENCE_MODELS, "sequence")
+            else:
+                check_row(row, TABULAR_SETS, TABULAR_MODELS, "tabular")
+            if (fs == "none") != (model == "dummy"):
+                raise ValueError(f"row {row!r}: the dummy model takes the feature set 'none', and only it")
+        return v
+
+    @field_validator("capacity_rows")
+    @classmethod
+    def _capacity_rows(cls, v: list[str]) -> list[str]:
+        for row in v:
+            check_row(row, CAPACITY_SETS, TABULAR_MODELS + BASELINE_MODELS, "capacity")
+            fs, _, model = row.partition("/")
+            if (fs == "none") != (model in ("dummy", "persistence")):
+                raise ValueError(f"capacity row {row!r}: feature set 'none' goes with dummy or persistence only")
+        return v
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0 < a < 1 for a in v):
+            raise ValueError(f"alpha levels must be in (0, 1), got {v}")
+        return v
+
+    @field_validator("early_cycles")
+    @classmethod
+    def _early(cls, v: list[int]) -> list[int]:
+        if any(n < 3 for n in v):
+            raise ValueError(f"early_cycles must be >= 3, got {v}")
+        return sorted(v)
 
     @field_validator("en_alphas", "en_l1_ratios", "rf_n_estimators", "rf_min_samples_leaf", "rf_max_depth",
                      "rf_max_features")
@@ -120,15 +236,31 @@ class EvaluateConfig(StageConfig):
                 raise ValueError(f"max_features {x!r}: a fraction must be in (0, 1]")
         return [str(x) for x in v]
 
+    @field_validator("split_preset")
+    @classmethod
+    def _preset(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        from msenc_lib.split_presets import preset_names
+
+        if v not in preset_names():
+            raise ValueError(f"unknown split preset {v!r}; presets: {', '.join(preset_names())}")
+        return v
+
     @model_validator(mode="after")
     def _windows(self) -> "EvaluateConfig":
-        severson = [s for s in self.feature_sets if s in SEVERSON_SETS]
-        if "cycle_life" in self.tasks and severson and self.first_cycles <= 10:
-            raise ValueError(f"first_cycles must be > 10 for the Severson feature sets {severson} "
-                             "(their dQ(V) compares cycle N with cycle 10)")
         if self.first_cycles <= self.min_cycle:
             raise ValueError(f"first_cycles ({self.first_cycles}) must exceed min_cycle ({self.min_cycle})")
+        if self.rul_max_cycle < self.rul_min_cycle:
+            raise ValueError(f"rul_max_cycle ({self.rul_max_cycle}) < rul_min_cycle ({self.rul_min_cycle})")
         return self
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def ref_for(self, n: int) -> int:
+        """The dQ(V) reference cycle for features from the first ``n`` cycles."""
+        return self.ref_cycle if n > self.ref_cycle else max(self.min_cycle, n // 2)
 
 
 class EvaluateResult(BaseModel):
@@ -137,15 +269,22 @@ class EvaluateResult(BaseModel):
     output_uri: str
     metrics_uri: str
     report_uri: str
+    summary_uri: str = Field(description="summary.md: the headline findings and tables in Markdown")
     plots: list[str] = Field(default_factory=list, description="PNG files written (names under output_uri)")
     tasks: list[str]
+    split: str = Field(description="where the split came from: the split config's path or 'preset:<name>'")
     embedding_dim: int
+    seeds: int
     n_cells: dict[str, dict[str, int]] = Field(
         description="usable cells per task and subset, e.g. {'cycle_life': {'train': 40, 'test': 12}}")
     n_excluded: dict[str, int] = Field(description="cells excluded per task (reasons in metrics.json)")
     headline: dict[str, float] = Field(
-        description="'<task>/<subset>/<feature set>/<model>/<metric>' for every non-train subset: rmse, mae, "
-        "mape, r2 (cycle life in cycles, capacity in the capacity column's unit)")
+        description="'<task>/<subset>/<feature set>/<model>/<metric>' (mean over seeds) for every non-train "
+        "subset: rmse, mae, mape, r2, acc10, acc15 (cycle life and RUL in cycles, capacity in the capacity "
+        "column's unit); the early curve as 'early_curve@N/...'")
+    key_figures: dict[str, float] = Field(
+        description="the few figures a run is judged by (the KFP Metrics artifact): per task the best row's and "
+        "the best embedding row's held-out RMSE and the best hand-feature baseline's")
     best: dict[str, str] = Field(
-        description="'<task>/<subset>' -> '<feature set>/<model>' with the lowest RMSE")
+        description="'<task>/<subset>' -> '<feature set>/<model>' with the lowest mean RMSE")
     seconds: float

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from msenc_lib import layout, storage
+from msenc_lib.data.features import CellCycles
 from msenc_lib.data.schema import IR_COLUMN
 from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.progress import progress_bar
@@ -25,10 +26,13 @@ SEVERSON_COLUMNS = ["cell_key", "cycle_number", "time", "current", "voltage", "d
 # ------------------------------------------------------------------------------------------------- split
 @dataclass
 class Split:
-    """Subset name -> cell keys, in the config's order (train/validation/test first, then extras)."""
+    """Subset name -> cell keys, in the config's order (train/validation/test first, then extras); ``groups``
+    are evaluation-only cell sets inside a subset (a preset's test_seen / test_unseen)."""
 
     subsets: dict[str, list[str]]
     source: str
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    preset: dict | None = None  # name, citation, description, missing cells ... of a split preset
 
     @property
     def cells(self) -> list[str]:
@@ -52,6 +56,18 @@ def read_split(uri: str) -> Split:
         raise InputDataError(f"split config {path}: the 'train' subset is empty")
     order = [k for k in layout.SUBSETS if k in doc] + [k for k in doc if k not in layout.SUBSETS]
     return Split(subsets={name: parsed[name] for name in order}, source=path)
+
+
+def preset_split(name: str, cells: dict[str, str | None], allow_missing: bool, warn) -> Split:
+    """The split preset ``name`` resolved against ``cells`` (cell key -> dataset value or None)."""
+    from msenc_lib.split_presets import get_preset, resolve_preset
+
+    preset = get_preset(name)
+    resolved = resolve_preset(name, cells, allow_missing=allow_missing, warn=warn)
+    info = {"name": name, "family": preset.family, "citation": preset.citation, "description": preset.description,
+            "early_cycles": preset.early_cycles, "eol_soh": preset.eol_soh,
+            "missing": resolved.missing, "cells_outside": resolved.outside}
+    return Split(subsets=resolved.subsets, source=f"preset:{name}", groups=resolved.groups, preset=info)
 
 
 # -------------------------------------------------------------------------------------------- embeddings
@@ -150,9 +166,58 @@ class UnifiedSummary:
     source: str
     files: dict[str, str]  # cell_key -> file
     cycle_life: pd.Series  # per cell (float; NaN where the file has none)
+    nominal_capacity: pd.Series  # per cell (float; NaN where the data has no nominal_capacity column/value)
     per_cycle: pd.DataFrame  # cell_key, cycle_number, capacity (max of the capacity column), discharge_max
-    early_rows: pd.DataFrame | None  # full rows of cycles <= severson_last_cycle, Severson columns (+IR)
+    cycles: dict[str, CellCycles]  # per cell: Severson per-cycle summaries up to max_cycle (empty if unused)
+    coarse_curves: dict[str, tuple[np.ndarray, np.ndarray]]  # cell -> (cycles, Qd(V) on COARSE_POINTS) if asked
     has_ir: bool = False
+
+
+COARSE_STEP = 10  # the sequence models' Qd(V): every 10th of the 1000 grid points
+
+
+def cell_files(uri: str, cells: list[str]) -> dict[str, str]:
+    """cell key -> unified file for ``cells``; cells absent from the data are an error naming them."""
+    import pyarrow.compute as pc
+
+    files = layout.unified_files(uri)
+    if not files:
+        raise InputDataError(f"unified data {uri}: no cell Parquet files found")
+    wanted = set(cells)
+    by_cell = {layout.cell_key_from_file(f): f for f in files}  # the file name is the cell key
+    missing = sorted(wanted - set(by_cell))
+    if missing:
+        # File names may not be the keys (e.g. one file of many cells): read every file's cell_key column.
+        by_cell = {}
+        for f in files:
+            pf = storage.parquet_file(f)
+            if "cell_key" not in pf.schema_arrow.names:
+                raise InputDataError(f"unified file {f}: no 'cell_key' column")
+            for k in pc.unique(pf.read(columns=["cell_key"]).column("cell_key")).to_pylist():
+                by_cell[str(k)] = f
+        missing = sorted(wanted - set(by_cell))
+    if missing:
+        raise InputDataError(f"the split names {len(missing)} cell(s) absent from the unified data {uri}: "
+                             f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
+    return {c: by_cell[c] for c in cells}
+
+
+def cell_datasets(uri: str, cells: list[str]) -> dict[str, str | None]:
+    """cell key -> its ``dataset`` value (None where the data has no such column); cells absent -> None."""
+    import pyarrow.compute as pc
+
+    files = cell_files(uri, cells)
+    out: dict[str, str | None] = {c: None for c in cells}
+    for cell, f in files.items():
+        pf = storage.parquet_file(f)
+        if "dataset" not in pf.schema_arrow.names:
+            continue
+        table = pf.read(columns=["cell_key", "dataset"])
+        if len(set(files.values())) != len(files):
+            table = table.filter(pc.equal(table.column("cell_key"), cell))
+        values = table.column("dataset").drop_null()
+        out[cell] = str(values[0].as_py()) if len(values) else None
+    return out
 
 
 def read_unified_summary(
@@ -162,40 +227,22 @@ def read_unified_summary(
     need_cycle_life: bool,
     capacity_column: str | None,
     severson_last_cycle: int | None,
+    curve_cycles: set[float] | None = None,
+    coarse_last_cycle: int | None = None,
     progress: bool = False,
 ) -> UnifiedSummary:
-    """Per-cycle capacities, cycle life and (optionally) the early rows for Severson's features.
+    """Per-cycle capacities, cycle life, nominal capacity and, up to ``severson_last_cycle``, the per-cycle
+    summaries of Severson's features (Qd(V) curves at ``curve_cycles``; coarse Qd(V) of every cycle up to
+    ``coarse_last_cycle`` for the sequence models).
 
     ``cells``: the cells to read; cells absent from the data are an error naming them. A needed column
     absent from a cell file is an error naming the file and the column.
     """
     import pyarrow.compute as pc
 
-    files = layout.unified_files(uri)
-    if not files:
-        raise InputDataError(f"unified data {uri}: no cell Parquet files found")
-    wanted = set(cells)
-    by_cell: dict[str, str] = {}
-    parquet_files = {}
-    for f in files:  # the file name is the cell key (percent-encoded when unsafe)
-        by_cell[layout.cell_key_from_file(f)] = f
-    missing = sorted(wanted - set(by_cell))
-    if missing:
-        # File names may not be the keys (e.g. one file of many cells): read every file's cell_key column.
-        by_cell = {}
-        for f in files:
-            pf = storage.parquet_file(f)
-            parquet_files[f] = pf
-            if "cell_key" not in pf.schema_arrow.names:
-                raise InputDataError(f"unified file {f}: no 'cell_key' column")
-            keys = pc.unique(pf.read(columns=["cell_key"]).column("cell_key")).to_pylist()
-            for k in keys:
-                by_cell[str(k)] = f
-        missing = sorted(wanted - set(by_cell))
-    if missing:
-        raise InputDataError(f"the split names {len(missing)} cell(s) absent from the unified data {uri}: "
-                             f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
+    from msenc_lib.data.features import cell_cycles, voltage_grid
 
+    by_cell = cell_files(uri, cells)
     needed = ["cell_key", "cycle_number"]
     if need_cycle_life:
         needed.append("cycle_life")
@@ -204,12 +251,16 @@ def read_unified_summary(
     sev_cols = list(SEVERSON_COLUMNS) if severson_last_cycle is not None else []
     shared_files = Counter(by_cell.values())
     life: dict[str, float] = {}
+    nominal: dict[str, float] = {}
     per_cycle: list[pd.DataFrame] = []
-    early: list[pd.DataFrame] = []
+    cycles: dict = {}
+    coarse: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     has_ir_all = severson_last_cycle is not None
-    for cell in progress_bar(sorted(wanted), len(wanted), "reading unified data", progress):
+    grid = voltage_grid()
+    last = max(severson_last_cycle or 0, coarse_last_cycle or 0)
+    for cell in progress_bar(list(by_cell), len(by_cell), "reading unified data", progress):
         f = by_cell[cell]
-        pf = parquet_files.get(f) or storage.parquet_file(f)
+        pf = storage.parquet_file(f)
         names = pf.schema_arrow.names
         for col in dict.fromkeys(needed + sev_cols):
             if col not in names:
@@ -219,7 +270,7 @@ def read_unified_summary(
                                      f"(columns: {names})")
         has_ir = IR_COLUMN in names
         has_ir_all = has_ir_all and has_ir
-        extra = ["discharge_capacity"] if "discharge_capacity" in names else []
+        extra = [c for c in ("discharge_capacity", "nominal_capacity") if c in names]
         if "cycle_life" in names and "cycle_life" not in needed:
             extra.append("cycle_life")  # not required, but colours the plots
         cols = list(dict.fromkeys(needed + sev_cols + extra + ([IR_COLUMN] if has_ir and sev_cols else [])))
@@ -231,10 +282,13 @@ def read_unified_summary(
         if "cycle_life" in table.column_names:
             lives = table.column("cycle_life").drop_null()
             life[cell] = float(lives[0].as_py()) if len(lives) else float("nan")
+        if "nominal_capacity" in table.column_names:
+            noms = table.column("nominal_capacity").drop_null()
+            nominal[cell] = float(noms[0].as_py()) if len(noms) else float("nan")
         aggs = []
         if capacity_column:
             aggs.append((capacity_column, "max"))
-        if "discharge_capacity" in extra:
+        if "discharge_capacity" in table.column_names:
             aggs.append(("discharge_capacity", "max"))
         if aggs:
             grouped = table.group_by("cycle_number").aggregate(aggs).to_pandas()
@@ -242,21 +296,31 @@ def read_unified_summary(
                                               "discharge_capacity_max": "discharge_max"})
             grouped.insert(0, "cell_key", cell)
             per_cycle.append(grouped)
-        if sev_cols:
-            part = table.filter(pc.less_equal(table.column("cycle_number"), severson_last_cycle))
-            keep = [c for c in part.column_names if c in sev_cols or c == IR_COLUMN]
-            early.append(part.select(keep).to_pandas())
+        if sev_cols or coarse_last_cycle is not None:
+            part = table.filter(pc.less_equal(table.column("cycle_number"), last))
+            keep = [c for c in part.column_names if c in sev_cols or c in (IR_COLUMN, "cycle_life")]
+            frame = part.select(keep).to_pandas()
+            want = None if coarse_last_cycle is not None else curve_cycles
+            cc = cell_cycles(frame, grid, max_cycle=last, curve_cycles=want)
+            if coarse_last_cycle is not None:
+                sel = cc.cycles <= coarse_last_cycle
+                coarse[cell] = (cc.cycles[sel], cc.curves[sel, ::COARSE_STEP].astype(np.float32))
+                if curve_cycles is not None:  # keep full curves only where features need them
+                    drop = ~np.isin(cc.cycles, list(curve_cycles))
+                    cc.curves[drop] = np.nan
+            cycles[cell] = cc
         del table
     per_cycle_df = (pd.concat(per_cycle, ignore_index=True) if per_cycle
                     else pd.DataFrame(columns=["cell_key", "cycle_number", "capacity", "discharge_max"]))
     per_cycle_df = per_cycle_df.sort_values(["cell_key", "cycle_number"], kind="stable").reset_index(drop=True)
-    early_df = None
-    if sev_cols:
-        early_df = pd.concat(early, ignore_index=True) if early else pd.DataFrame(columns=sev_cols)
-        if not has_ir_all and IR_COLUMN in early_df.columns:
-            early_df = early_df.drop(columns=[IR_COLUMN])  # IR features only where every cell has IR
+    if not has_ir_all:
+        for cc in cycles.values():
+            cc.ir = None  # IR features only where every cell has IR
     return UnifiedSummary(
-        source=str(uri), files={c: by_cell[c] for c in sorted(wanted)},
+        source=str(uri), files=by_cell,
         cycle_life=pd.Series(life, dtype=np.float64, name="cycle_life"),
-        per_cycle=per_cycle_df, early_rows=early_df, has_ir=bool(sev_cols) and has_ir_all,
+        nominal_capacity=pd.Series(nominal, dtype=np.float64, name="nominal_capacity"),
+        per_cycle=per_cycle_df, cycles=cycles, coarse_curves=coarse,
+        has_ir=bool(sev_cols) and has_ir_all,
     )
+
