@@ -579,7 +579,7 @@ def test_split_preset_matr1_gives_batterymls_rows(matr, tmp_path, capsys):
             "--split-preset", "matr1", "--output-dir", str(tmp_path / "o"), "--tasks", "cycle_life",
             "--rows", "none/dummy,variance/linear,qdv/ridge,embedding/elastic_net", "--seeds", "2", "--cv-folds",
             "3", "--progress", "false", "--first-cycles", "40"]  # the data ends at cycle 45
-    assert cli.main(argv) == 2  # 61 of the preset's cells are not in the data
+    assert cli.main(argv) == EXIT_INPUT  # 61 of the preset's cells are not in the data
     assert "split preset 'matr1' names 61 cell(s) the data does not have" in capsys.readouterr().err
     assert cli.main(argv + ["--allow-missing-cells", "true"]) == 0
     result = EvaluateResult.model_validate_json(capsys.readouterr().out.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from msenc_lib import layout, storage
-from msenc_lib.errors import InputDataError
+from msenc_lib.errors import ConfigError, InputDataError
 from msenc_lib.evaluate import tasks as T
 from msenc_lib.evaluate.config import (
     BASELINE_MODELS,
@@ -330,10 +330,10 @@ def _resolve_split(cfg: EvaluateConfig, unified_uri: str, emb: Embeddings, split
     """The split config, or the preset resolved against the cells both the embeddings and the unified data have
     (a cell's dataset from the unified ``dataset`` column when present)."""
     if cfg.split_preset and split_config_uri:
-        raise InputDataError("give either a split config or a split preset, not both")
+        raise ConfigError("give either a split config or a split preset, not both")
     if not cfg.split_preset:
         if not split_config_uri:
-            raise InputDataError("no split: give a split config (--split-config) or a split preset (--split-preset)")
+            raise ConfigError("no split: give a split config (--split-config) or a split preset (--split-preset)")
         return read_split(str(split_config_uri))
     cells = sorted(set(emb.table["cell_key"]))
     named = {layout.cell_key_from_file(f) for f in layout.unified_files(unified_uri)}
