@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict = {"bench": NAME, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "mode": "quick" if a.quick else "full", "budget_minutes": a.budget_minutes, "preset": preset,
-                    "pooling": a.pooling, "seeds": seeds, "evaluate_settings": evaluate_settings, "torch_threads": torch.get_num_threads(),
+                    "pooling": a.pooling, "seeds": seeds, "evaluate_settings": evaluate_settings,
+                    "torch_threads": torch.get_num_threads(),
                     "env": bc.timing_env(), "machine_at_start": bc.machine(), "timings_s": {}, "cpu_s": {}}
     timings, cpus = report["timings_s"], report["cpu_s"]
 
