@@ -91,20 +91,15 @@ def test_finetuned_row_in_metrics_and_report_deterministic_model_untouched(stage
 
 
 def test_finetuning_trains_the_encoder(stages, tmp_path):
-    """Without validation cells the last epoch predicts; an encoder learning rate of ~0 leaves the encoder as it
-    was, so its predictions differ from a real fine-tune only if the encoder's weights moved."""
-    split = json.loads((stages / "split" / "split_cfg.json").read_text())
-    no_val = tmp_path / "split"
-    no_val.mkdir()
-    (no_val / "split_cfg.json").write_text(json.dumps({"train": split["train"] + split["validation"],
-                                                      "validation": [], "test": split["test"]}))
-
+    """Without early stopping the last epoch predicts; an encoder learning rate of ~0 leaves the encoder as it was,
+    so its predictions differ from a real fine-tune only if the encoder's weights moved."""
     def preds(out, lr):
-        cfg = EvaluateConfig(**{**FAST, "seeds": 1, "finetune_lr": lr, "rows": ["none/dummy"]})
-        run_evaluate(cfg, str(stages / "emb"), str(stages / "unified"), str(no_val), str(out),
+        cfg = EvaluateConfig(**{**FAST, "seeds": 1, "finetune_lr": lr, "rows": ["none/dummy"],
+                                "finetune_early_stopping": False})
+        run_evaluate(cfg, str(stages / "emb"), str(stages / "unified"), str(stages / "split"), str(out),
                      model_uri=str(stages / "model"), sequences_uri=str(stages / "seqs"))
-        doc = json.loads((out / "metrics.json").read_text())
-        assert _rows(doc)["finetuned/lstm"]["hyperparameters"][0]["best_epoch"] == 2
+        hp = _rows(json.loads((out / "metrics.json").read_text()))["finetuned/lstm"]["hyperparameters"][0]
+        assert hp["best_epoch"] == hp["epochs_run"] == 2 and not hp["early_stopping"]
         return pd.read_csv(out / "predictions_cycle_life.csv")["finetuned/lstm"].to_numpy()
 
     frozen, tuned = preds(tmp_path / "frozen", 1e-12), preds(tmp_path / "tuned", 3e-3)

@@ -166,8 +166,9 @@ class EvaluateConfig(StageConfig):
         False, description=f"add the row {FINETUNED_ROW} to cycle_life (after the embedding heads unless rows place "
         "it): the pretrained encoder (the stage's model input, --model-dir) and an LSTM head trained end to end on "
         "the train cells' token sequences (--sequences-dir), early stopping on the validation cells; the head is "
-        "first fitted on the frozen encoder's vectors (seq_epochs). Costs about finetune_epochs x (train cells x "
-        "N / finetune_stride) cycle forward+backward passes per seed; the model folder is only read")
+        "first fitted on the frozen encoder's vectors (seq_epochs, the step with the lowest validation error kept). "
+        "Costs about finetune_epochs x (train cells x N / finetune_stride) cycle forward+backward passes per seed; "
+        "the model folder is only read")
     finetune_stride: int = Field(
         10, ge=1, description="finetune: read every k-th cycle (cycle numbers divisible by k, the window's latest "
         "sequence when that cycle is missing) up to N: bounds the cost")
@@ -175,6 +176,9 @@ class EvaluateConfig(StageConfig):
     finetune_patience: int = Field(
         2, ge=1, description="finetune: stop after this many epochs without a lower validation RMSE; the best "
         "epoch's weights predict (epoch 0: the head on the frozen encoder)")
+    finetune_early_stopping: bool = Field(
+        True, description="finetune: select the head's warm-up step and the epoch by the validation cells' error; "
+        "false: run all seq_epochs and finetune_epochs and predict with the last weights")
     finetune_lr: float = Field(1e-4, gt=0, description="finetune: the encoder's learning rate (the head's is seq_lr)")
     finetune_batch_cells: int = Field(
         4, ge=1, description="finetune: train cells per optimiser step (memory grows with cells x cycles x tokens)")

@@ -6,12 +6,14 @@ pooled as ``msenc embed`` pools it (:func:`msenc_lib.embed.pool_chunks`, same ch
 boundaries, padding never pooled); the cycle vectors go through :class:`~.sequence.LSTMHead`, read out at the
 row's cycle. Per seed:
 
-1. the head is fitted on the frozen encoder's vectors exactly as the ``embedding_seq/lstm`` row is
-   (``seq_epochs`` full-batch steps, features standardised with the train cells' frozen vectors);
+1. the head is fitted on the frozen encoder's vectors as the ``embedding_seq/lstm`` row is (up to ``seq_epochs``
+   full-batch steps, features standardised with the train cells' frozen vectors), keeping the step with the
+   lowest validation error: a head that has memorised the train cells leaves the encoder no gradient;
 2. encoder and head are trained together on the train cells (``finetune_batch_cells`` per AdamW step, the
    encoder at ``finetune_lr``, the head at ``seq_lr``), one validation RMSE per epoch;
 3. the epoch with the lowest validation RMSE (epoch 0 = step 1's head on the frozen encoder) predicts; without
-   validation rows, the last epoch does.
+   validation rows or with ``finetune_early_stopping`` off (steps 1 and 2 then run all their epochs), the last
+   epoch does.
 
 Float32 throughout, seeded (``torch.manual_seed``, the cell order from numpy): a seed gives the same fit on the
 same machine. The model folder is only read; every seed starts from the loaded weights.
@@ -87,7 +89,7 @@ class FineTuner:
         self.sep_id = special_token_ids(tokenizer).get("sep")
         self.pad_id = model.config.pad_token_id
         self.dim = int(model.config.hidden_sizes[-1])
-        self._frozen: dict[str, torch.Tensor] = {}
+        self._frozen: dict[tuple[str, ...], torch.Tensor] = {}  # the pretrained encoder's vectors per cell set
 
     # ------------------------------------------------------------------------------------------ inputs
     def _read(self, shards: list[str], id_col: str, time_col: str, cells: list[str], last_cycle: int,
@@ -241,7 +243,7 @@ class FineTuner:
         row_cell = np.array([cell_index[c] for c, _ in rows], dtype=np.int64)
         train, validation = np.asarray(train, dtype=bool), np.asarray(validation, dtype=bool)
         key = tuple(cells)
-        if key not in self._frozen:  # the pretrained encoder's vectors: the same for every seed
+        if key not in self._frozen:  # the same for every seed
             self._frozen[key] = self._no_grad_vectors(self.model.to(self.device), cells, reads, "frozen encoder")
         X0 = self._frozen[key]
         mu, sd = standardisation(X0.cpu().numpy(), row_cell, row_pos, train)
@@ -255,12 +257,13 @@ class FineTuner:
         head = LSTMHead(self.dim, cfg.seq_hidden, cfg.seq_layers).to(self.device)
         Xs0 = (X0 - mu_t) / sd_t
         cell_t = torch.from_numpy(row_cell).to(self.device)
+        val_rows = np.flatnonzero(validation)
+        select = cfg.finetune_early_stopping and val_rows.size > 0
         train_full_batch(head, lambda r: head(Xs0)[cell_t[r], pos_t[r]], np.flatnonzero(train), yt,
-                         epochs=cfg.seq_epochs, lr=cfg.seq_lr, weight_decay=cfg.seq_weight_decay)
+                         epochs=cfg.seq_epochs, lr=cfg.seq_lr, weight_decay=cfg.seq_weight_decay,
+                         monitor=val_rows if select else None)
 
         encoder = copy.deepcopy(self.model).to(self.device)
-        val_rows = np.flatnonzero(validation)
-        val_cells = sorted({cells[c] for c in row_cell[val_rows]})
 
         def predict(rows_idx: np.ndarray, X=None):
             """Predictions of rows (fitting space, standardised) from the current weights, without grad."""
@@ -317,7 +320,7 @@ class FineTuner:
                 encoder.eval()
                 rmse = val_rmse()
                 history.append(rmse)
-                if not val_rows.size or rmse < best_rmse:
+                if not select or rmse < best_rmse:
                     best_rmse, best_epoch, best_state = rmse, epoch, snapshot()
                 elif epoch - best_epoch >= cfg.finetune_patience:
                     break
@@ -328,6 +331,6 @@ class FineTuner:
         hp = {"hidden": cfg.seq_hidden, "layers": cfg.seq_layers, "head_lr": cfg.seq_lr, "encoder_lr": cfg.finetune_lr,
               "weight_decay": cfg.seq_weight_decay, "head_warmup_epochs": cfg.seq_epochs, "epochs_run": epoch,
               "best_epoch": best_epoch, "stride": cfg.finetune_stride, "cycles_per_cell": int(row_pos.max()) + 1,
-              "batch_cells": per, "pooling": self.pooling,
+              "batch_cells": per, "pooling": self.pooling, "early_stopping": select,
               "validation_rmse_log10": [round(v, 4) if math.isfinite(v) else None for v in history]}
         return SequenceFit(model="lstm", predictions=pred, train_rmse=math.nan, hyperparameters=hp)

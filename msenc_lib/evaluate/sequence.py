@@ -87,18 +87,28 @@ def standardisation(X: np.ndarray, row_cell: np.ndarray, row_pos: np.ndarray, tr
 
 
 def train_full_batch(net: nn.Module, forward, rows: np.ndarray, yt: torch.Tensor, *, epochs: int, lr: float,
-                     weight_decay: float) -> float:
+                     weight_decay: float, monitor: np.ndarray | None = None) -> float:
     """``epochs`` full-batch AdamW steps on the MSE of ``forward(rows)`` against ``yt[rows]`` (gradients clipped
-    to norm 1); the last step's loss. Leaves ``net`` in eval mode."""
+    to norm 1); the last step's loss. With ``monitor`` rows, the weights of the step with their lowest MSE are
+    kept (early stopping). Leaves ``net`` in eval mode."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    net.train()
     loss = torch.tensor(float("nan"))
+    best, best_state = math.inf, None
     for _ in range(epochs):
+        net.train()
         opt.zero_grad()
         loss = nn.functional.mse_loss(forward(rows), yt[rows])
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        if monitor is not None and monitor.size:
+            net.eval()
+            with torch.no_grad():
+                watched = float(nn.functional.mse_loss(forward(monitor), yt[monitor]))
+            if watched < best:
+                best, best_state = watched, {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if best_state is not None:
+        net.load_state_dict(best_state)
     net.eval()
     return float(loss.item())
 
