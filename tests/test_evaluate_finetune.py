@@ -106,8 +106,15 @@ def test_finetuning_trains_the_encoder(stages, tmp_path):
     assert np.abs(tuned - frozen).max() > 1.0  # cycles
 
 
-def test_pooling_matches_embed_and_gradients_reach_the_encoder(stages):
-    from msenc_lib.evaluate.finetune import FineTuner
+def test_pooling_matches_embed_and_gradients_reach_the_encoder(stages, tmp_path):
+    from msenc_lib.evaluate.finetune import FineTuner, embeddings_pooling
+
+    assert embeddings_pooling(str(stages / "emb")) == "mean"
+    shutil.copytree(stages / "emb", tmp_path / "emb")
+    recorded = tmp_path / "emb" / "embed_config.yaml"
+    recorded.write_text(recorded.read_text().replace("pooling: mean", "pooling: max"))
+    assert embeddings_pooling(str(tmp_path / "emb" / "embeddings.parquet")) == "max"
+    assert embeddings_pooling(str(tmp_path)) is None
 
     cfg = EvaluateConfig(**FAST)
     tuner = FineTuner(cfg, str(stages / "model"), str(stages / "seqs"), ["b1c0"], FIRST, None)
@@ -128,7 +135,8 @@ def test_finetune_needs_the_model_and_the_sequences(stages, tmp_path, capsys):
     base = ["evaluate", "--embeddings-dir", str(stages / "emb"), "--unified-dir", str(stages / "unified"),
             "--split-config", str(stages / "split"), "--tasks", "cycle_life", "--first-cycles", str(FIRST),
             "--rows", "none/dummy", "--seeds", "1", "--plots", "false", "--progress", "false", "--finetune"]
-    assert cli.main([*base, "--output-dir", str(tmp_path / "a"), "--sequences-dir", str(stages / "seqs")]) == EXIT_CONFIG
+    no_model = ["--output-dir", str(tmp_path / "a"), "--sequences-dir", str(stages / "seqs")]
+    assert cli.main([*base, *no_model]) == EXIT_CONFIG
     assert "--model-dir" in capsys.readouterr().err
     assert cli.main([*base, "--output-dir", str(tmp_path / "b"), "--model", str(stages / "model")]) == EXIT_CONFIG
     assert "--sequences-dir" in capsys.readouterr().err

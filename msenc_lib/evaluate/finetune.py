@@ -22,7 +22,6 @@ same machine. The model folder is only read; every seed starts from the loaded w
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from dataclasses import dataclass
 
@@ -34,7 +33,6 @@ from msenc_lib.evaluate.config import EvaluateConfig
 from msenc_lib.evaluate.sequence import LSTMHead, SequenceFit, standardisation, train_full_batch
 from msenc_lib.progress import progress_bar
 
-log = logging.getLogger(__name__)
 Row = tuple[str, float]
 
 
@@ -43,7 +41,7 @@ def embeddings_pooling(embeddings_uri: str) -> str | None:
     import yaml
 
     uri = str(embeddings_uri)
-    folder = uri.rsplit("/", 1)[0] if uri.endswith(".parquet") else uri
+    folder = (uri.rsplit("/", 1)[0] if "/" in uri else ".") if uri.endswith(".parquet") else uri
     path = storage.join(folder, layout.EMBED_CONFIG)
     if not storage.exists(path):
         return None

@@ -383,7 +383,8 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     output_uri = str(output_uri)
     if config.finetune and not (model_uri and sequences_uri):
         missing = [name for name, v in (("the pretrained model folder (--model-dir)", model_uri),
-                                        ("the embedding-mode token sequences (--sequences-dir)", sequences_uri)) if not v]
+                                        ("the embedding-mode token sequences (--sequences-dir)", sequences_uri))
+                   if not v]
         raise ConfigError(f"finetune needs {' and '.join(missing)}")
     storage.check_output_free(output_uri, overwrite)  # before the work, not only when publishing
     warnings: list[str] = []
