@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from msenc_lib.evaluate.inputs import (
     read_unified_summary,
 )
 from msenc_lib.progress import progress_bar
+
+if TYPE_CHECKING:
+    from msenc_lib.evaluate.finetune import FineTuner
 
 FORMAT_VERSION = 2
 HEADLINE_METRICS = ("rmse", "mae", "mape", "r2")
@@ -73,7 +76,7 @@ class Inputs:
 
 
 def _inputs(problem: T.Problem, fs: str, ctx: FeatureContext, unified, emb: Embeddings, cfg: EvaluateConfig,
-            tuner=None) -> tuple[Inputs, dict[int, str]]:
+            tuner: FineTuner | None = None) -> tuple[Inputs, dict[int, str]]:
     rows = problem.rows
     if fs in FINETUNE_SETS:
         return Inputs("finetune", lambda seed: tuner, tuner.dim, []), tuner.reasons(rows)
@@ -102,7 +105,8 @@ def _inputs(problem: T.Problem, fs: str, ctx: FeatureContext, unified, emb: Embe
 
 
 def prepare(problem: T.Problem, specs: list[str], ctx: FeatureContext, unified, emb: Embeddings,
-            cfg: EvaluateConfig, tuner=None) -> tuple[T.Problem, dict[str, Inputs], np.ndarray, dict]:
+            cfg: EvaluateConfig, tuner: FineTuner | None = None
+            ) -> tuple[T.Problem, dict[str, Inputs], np.ndarray, dict]:
     """Inputs of every feature set; rows any set cannot describe dropped (cells losing all rows -> excluded)."""
     sets = list(dict.fromkeys(s.partition("/")[0] for s in specs))
     reasons: dict[int, list[str]] = {}
@@ -398,8 +402,8 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     emb = Embeddings(table=emb.table[emb.table["cell_key"].isin(set(split.cells))].reset_index(drop=True),
                      val_columns=emb.val_columns, source=emb.source, dropped_empty_rows=emb.dropped_empty_rows)
 
-    specs_of = {"cycle_life": cfg.rows, "early_curve": cfg.curve_rows,
-                "rul": [r for r in cfg.rows if r.partition("/")[0] not in FINETUNE_SETS], "capacity": cfg.capacity_rows}
+    specs_of = {"cycle_life": cfg.rows, "early_curve": cfg.curve_rows, "capacity": cfg.capacity_rows,
+                "rul": [r for r in cfg.rows if r.partition("/")[0] not in FINETUNE_SETS]}
     used = {t: specs_of[t] for t in cfg.tasks}
     sets = {s.partition("/")[0] for t, specs in used.items() if t != "capacity" for s in specs}
     ns = set()
