@@ -106,6 +106,20 @@ def _batches(chunks: list[_Chunk], batch_tokens: int) -> Iterator[list[_Chunk]]:
         yield batch
 
 
+def pool_chunks(hidden, mask, mode: str):
+    """One batch of chunks' token states (B, L, D) pooled over their real tokens (``mask``), differentiably: per
+    chunk its share of its row's vector (mean: the sum, max: the max, first: the first token) and its real-token
+    count. A row's vector merges its chunks' shares: sum of sums / sum of counts, max of maxes, the first
+    chunk's share."""
+    if mode == "mean":
+        part = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(1)
+    elif mode == "max":
+        part = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    else:
+        part = hidden[:, 0]
+    return part, mask.sum(1)
+
+
 class _Pooler:
     """Accumulates token states per output row (numbered from ``first_row``) across chunks and batches."""
 
@@ -116,14 +130,8 @@ class _Pooler:
         self.count = np.zeros(n_rows, dtype=np.int64)
 
     def add(self, rows: list[int], hidden, mask, firsts: list[bool]) -> None:
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.mode == "mean":
-            part = (hidden * m).sum(1).double().cpu().numpy()
-        elif self.mode == "max":
-            part = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1).double().cpu().numpy()
-        else:
-            part = hidden[:, 0].double().cpu().numpy()
-        n = mask.sum(1).cpu().numpy()
+        part, n = pool_chunks(hidden, mask, self.mode)
+        part, n = part.double().cpu().numpy(), n.cpu().numpy()
         for i, r in enumerate(r - self.first_row for r in rows):
             if self.mode == "mean":
                 self.acc[r] += part[i]
