@@ -62,7 +62,7 @@ class FineTuner:
                  pooling: str | None):
         import torch
 
-        from msenc_lib.embed import EmbedConfig, _load_inputs, resolve_device
+        from msenc_lib.embed import EmbedConfig, load_inputs, resolve_device
         from msenc_lib.tokenizer import special_token_ids
 
         self.cfg = cfg
@@ -76,7 +76,7 @@ class FineTuner:
         self.device = resolve_device(cfg.finetune_device)
         self.model_uri, self.sequences_uri = str(model_uri), str(sequences_uri)
         with storage.local_copy(model_uri) as model_dir, storage.local_copy(sequences_uri) as data_dir:
-            model, tokenizer, shards = _load_inputs(embed_cfg, data_dir, model_dir)
+            model, tokenizer, shards = load_inputs(embed_cfg, data_dir, model_dir)
             self.cells = self._read(shards, embed_cfg.id_column, embed_cfg.time_column, cells, last_cycle,
                                     model.config.vocab_size)
         model.float().eval()
@@ -166,13 +166,13 @@ class FineTuner:
         differentiable when grad is enabled."""
         import torch
 
-        from msenc_lib.embed import _batches, _Chunk, _pad, chunk_sequence, pool_chunks
+        from msenc_lib.embed import Chunk, chunk_sequence, pad_batch, pool_chunks, token_batches
 
-        chunks = [_Chunk(i, piece, k == 0) for i, ids in enumerate(seqs)
+        chunks = [Chunk(i, piece, k == 0) for i, ids in enumerate(seqs)
                   for k, piece in enumerate(chunk_sequence(ids, self.context, self.sep_id))]
         rows, firsts, parts, counts = [], [], [], []
-        for batch in _batches(chunks, self.cfg.finetune_batch_tokens):
-            ids, mask = _pad(batch, self.pad_id)
+        for batch in token_batches(chunks, self.cfg.finetune_batch_tokens):
+            ids, mask = pad_batch(batch, self.pad_id)
             mask = mask.to(self.device)
             hidden = model(input_ids=ids.to(self.device), attention_mask=mask).last_hidden_state
             part, n = pool_chunks(hidden.float(), mask, self.pooling)
