@@ -163,12 +163,12 @@ def pool_pass(data_dir: str, model_dir: str, template, poolings=EXPERIMENT_POOLI
     import pyarrow.parquet as pq
     import torch
 
-    from msenc_lib.embed import EmbedConfig, _batches, _load_inputs, _pad, _Pooler, _shard_chunks
+    from msenc_lib.embed import EmbedConfig, _Pooler, _shard_chunks, load_inputs, pad_batch, token_batches
     from msenc_lib.model.hardware import native_bf16
     from msenc_lib.tokenizer import special_token_ids
 
     cfg = EmbedConfig(device="cpu", progress=False)
-    model, tokenizer, shards = _load_inputs(cfg, Path(data_dir), Path(model_dir))
+    model, tokenizer, shards = load_inputs(cfg, Path(data_dir), Path(model_dir))
     keys = [cfg.id_column, cfg.time_column]
     meta = pd.concat([pq.read_table(s, columns=keys).to_pandas() for s in shards], ignore_index=True)
     model.eval()
@@ -188,8 +188,8 @@ def pool_pass(data_dir: str, model_dir: str, template, poolings=EXPERIMENT_POOLI
                 seps = np.flatnonzero(chunks[i].ids == sep_id) if sep_id is not None else []
                 tail_start[id(chunks[i])] = int(seps[-last_rows]) + 1 if len(seps) >= last_rows else 0
             poolers = {m: _Pooler(n, dim, m, first_row) for m in modes}
-            for batch in _batches(chunks, cfg.batch_tokens):
-                ids, mask = _pad(batch, model.config.pad_token_id)
+            for batch in token_batches(chunks, cfg.batch_tokens):
+                ids, mask = pad_batch(batch, model.config.pad_token_id)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
                 for p in poolers.values():
