@@ -201,4 +201,39 @@ def test_quality_bench_quick(tmp_path):
         report["target"]["cycle_life"]["best_embedding"]["rmse"] / report["target"]["cycle_life"]["best_severson"]["rmse"])
     assert set(report["experiments"]["aggregation"]) == {"mean", "mean+delta", "mean+delta+delta_norm",
                                                          "mean+delta+delta_norm+slope", "last"}
-    assert set(report["experiments"]["pooling"]) == {"max", "first"}
+    assert report["evaluate_settings"] == {"seeds": 1, "rf_max_features": ["sqrt"], "rul_stride": 20,
+                                           "early_cycles": [20, 40]}
+    for name in ("capacity", "capacity_change", "rows"):
+        assert report["probe"][name]["rmse"] > 0 and report["probe"][name]["r2"] <= 1
+    exp = report["experiments"]
+    assert set(exp["pooling"]) == {"mean", "max", "first", "mean+max", "last_rows"}
+    assert exp["pooling_pass_vs_embed"] < 1e-5  # the experiments' model pass pools as embed does
+    assert exp["pooling"]["mean+max"]["probe"]["dim"] == 2 * report["embeddings"]["dim"]
+    assert 0 < exp["checkpoint"]["step"] < report["pretrain"]["steps"]
+    assert exp["mask"]["steps"] == exp["checkpoint"]["step"] and exp["mask"]["mask_probability"] == 0.3
+    for group in ("pooling", "checkpoint", "mask"):
+        for name in ("mean", exp["best_pooling"]):
+            assert any(k.startswith("cycle_life/") for k in exp[group][name]["best"]), (group, name)
+
+
+def test_quality_probe_finds_what_the_embedding_holds():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    import pandas as pd
+    from quality_bench import probe
+
+    rng = np.random.default_rng(0)
+    cells = np.repeat([f"c{i}" for i in range(10)], 30)
+    cycles = np.tile(np.arange(1, 31), 10)
+    capacity = 1.1 - 0.002 * cycles * rng.uniform(0.5, 1.5, 300) + rng.normal(0, 0.01, 300)
+    targets = pd.DataFrame({"cell_key": cells, "cycle_number": cycles, "capacity": capacity,
+                            "rows": rng.integers(30, 40, 300)})
+    targets["capacity_change"] = targets["capacity"] - targets.groupby("cell_key")["capacity"].transform("first")
+    noise = rng.normal(size=(300, 8))
+    holds = pd.DataFrame({"cell_key": cells, "cycle_number": cycles,
+                          **{f"val_{i}": noise[:, i] for i in range(8)}, "val_8": capacity})
+    found = probe(holds, targets)
+    assert found["cells"] == 10 and found["cycles"] == 300 and found["folds"] == 5
+    assert found["capacity"]["r2"] > 0.99 and found["rows"]["r2"] < 0.1
+    blind = probe(holds.drop(columns="val_8"), targets)
+    assert blind["capacity"]["r2"] < 0.1
