@@ -236,6 +236,14 @@ control. Every figure is the mean ± std over --seeds fitting seeds: RMSE, MAE, 
 (--alphas, BatteryLife's). Cells or rows a feature set cannot describe are reported and excluded from all
 rows, not fatal. Output (--output-dir, local or s3://): metrics.json, predictions_*, PNG plots, summary.md
 and one self-contained report.html.
+
+--finetune adds the row finetuned/lstm to cycle_life: the pretrained encoder (--model-dir, the folder
+'msenc train' wrote; only read) and an LSTM head trained end to end on the train cells' token sequences
+(--sequences-dir, the embedding-mode dataset 'msenc embed' read), every --finetune-stride-th cycle up to N,
+pooled as the embeddings were, early stopping on the validation cells, the encoder at --finetune-lr:
+  msenc evaluate --embeddings-dir emb/ --unified-dir unified/ --split-config split/ --output-dir eval/ \
+      --finetune --model-dir model/ --sequences-dir emb_seqs/
+A CLI/stage option: the pipeline's evaluate step does not receive the model and the sequences.
 """,
     config="msenc_lib.evaluate:EvaluateConfig",
     run="msenc_lib.evaluate:run_evaluate",
@@ -246,7 +254,13 @@ and one self-contained report.html.
            PathOption(("--split-config",), "split_config", "split_cfg.json ({'train': ['<cell>.csv', ...], "
                       "'validation': [...], 'test': [...]}) or a split folder holding it; not with --split-preset",
                       "FILE", required=False, keyword="split_config_uri"),
-           PathOption(("--output-dir",), "output_dir", "output folder (local or s3://)", keyword="output_uri")),
+           PathOption(("--output-dir",), "output_dir", "output folder (local or s3://)", keyword="output_uri"),
+           PathOption(("--model-dir", "--model"), "model_dir", "--finetune: the pretrained model folder "
+                      "(save_pretrained output of 'msenc train'; only read); local or s3://", required=False,
+                      keyword="model_uri"),
+           PathOption(("--sequences-dir", "--sequences"), "sequences_dir", "--finetune: the embedding-mode "
+                      "preprocessed dataset (what 'msenc embed' reads); local or s3://", required=False,
+                      keyword="sequences_uri")),
 )
 
 

@@ -70,7 +70,7 @@ class EmbedResult(BaseModel):
 
 
 @dataclass
-class _Chunk:
+class Chunk:
     row: int
     ids: np.ndarray
     first: bool  # the row's first chunk (for "first" pooling)
@@ -92,10 +92,10 @@ def chunk_sequence(ids: np.ndarray, context: int, sep_id: int | None) -> list[np
     return pieces
 
 
-def _batches(chunks: list[_Chunk], batch_tokens: int) -> Iterator[list[_Chunk]]:
+def token_batches(chunks: list[Chunk], batch_tokens: int) -> Iterator[list[Chunk]]:
     """Length-sorted batches whose padded size stays within the token budget."""
     order = sorted(chunks, key=lambda c: len(c.ids), reverse=True)
-    batch: list[_Chunk] = []
+    batch: list[Chunk] = []
     for c in order:
         width = len(batch[0].ids) if batch else len(c.ids)
         if batch and width * (len(batch) + 1) > batch_tokens:
@@ -104,6 +104,20 @@ def _batches(chunks: list[_Chunk], batch_tokens: int) -> Iterator[list[_Chunk]]:
         batch.append(c)
     if batch:
         yield batch
+
+
+def pool_chunks(hidden, mask, mode: str):
+    """One batch of chunks' token states (B, L, D) pooled over their real tokens (``mask``), differentiably: per
+    chunk its share of its row's vector (mean: the sum, max: the max, first: the first token) and its real-token
+    count. A row's vector merges its chunks' shares: sum of sums / sum of counts, max of maxes, the first
+    chunk's share."""
+    if mode == "mean":
+        part = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(1)
+    elif mode == "max":
+        part = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    else:
+        part = hidden[:, 0]
+    return part, mask.sum(1)
 
 
 class _Pooler:
@@ -116,14 +130,8 @@ class _Pooler:
         self.count = np.zeros(n_rows, dtype=np.int64)
 
     def add(self, rows: list[int], hidden, mask, firsts: list[bool]) -> None:
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.mode == "mean":
-            part = (hidden * m).sum(1).double().cpu().numpy()
-        elif self.mode == "max":
-            part = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1).double().cpu().numpy()
-        else:
-            part = hidden[:, 0].double().cpu().numpy()
-        n = mask.sum(1).cpu().numpy()
+        part, n = pool_chunks(hidden, mask, self.mode)
+        part, n = part.double().cpu().numpy(), n.cpu().numpy()
         for i, r in enumerate(r - self.first_row for r in rows):
             if self.mode == "mean":
                 self.acc[r] += part[i]
@@ -151,7 +159,7 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-def _load_inputs(config: EmbedConfig, data_dir, model_dir):
+def load_inputs(config: EmbedConfig, data_dir, model_dir):
     """Model, the dataset's manifest and tokenizer, with the checks that need no inference."""
     import pyarrow.parquet as pq
     from transformers import AutoModel, AutoTokenizer
@@ -199,11 +207,11 @@ def _targets(config: EmbedConfig, unified_uri: str, cells: list[str]):
     return table.groupby(keys, sort=True)[config.targets].max().reset_index()
 
 
-def _shard_chunks(shard, first_row: int, meta, context: int, sep_id: int | None, vocab: int) -> list[_Chunk]:
+def _shard_chunks(shard, first_row: int, meta, context: int, sep_id: int | None, vocab: int) -> list[Chunk]:
     """The chunks of every sequence of one shard; rows are numbered from ``first_row`` on (the dataset's order)."""
     import pyarrow.parquet as pq
 
-    chunks: list[_Chunk] = []
+    chunks: list[Chunk] = []
     for i, ids in enumerate(pq.read_table(shard, columns=["input_ids"]).column("input_ids").to_pylist()):
         row = first_row + i
         arr = np.asarray(ids, dtype=np.int64)
@@ -213,7 +221,7 @@ def _shard_chunks(shard, first_row: int, meta, context: int, sep_id: int | None,
             raise InputDataError(f"{shard}: token id {int(arr.max())} outside the model's vocabulary "
                                  f"of {vocab} for {meta.iloc[row].to_dict()}")
         pieces = chunk_sequence(arr, context, sep_id)
-        chunks.extend(_Chunk(row, piece, k == 0) for k, piece in enumerate(pieces))
+        chunks.extend(Chunk(row, piece, k == 0) for k, piece in enumerate(pieces))
     return chunks
 
 
@@ -260,7 +268,7 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
 
     start = time.perf_counter()
     with storage.local_copy(data_uri) as data_dir, storage.local_copy(model_uri) as model_dir:
-        model, tokenizer, shards = _load_inputs(config, data_dir, model_dir)
+        model, tokenizer, shards = load_inputs(config, data_dir, model_dir)
         keys = [config.id_column, config.time_column]
         metas = [pq.read_table(s, columns=keys).to_pandas() for s in shards]
         meta = pd.concat(metas, ignore_index=True)
@@ -297,8 +305,8 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
                 for shard, shard_meta in zip(shards, metas):
                     chunks = _shard_chunks(shard, first_row, meta, context, sep_id, vocab)
                     pooler = _Pooler(len(shard_meta), dim, config.pooling, first_row)
-                    for batch in _batches(chunks, config.batch_tokens):
-                        ids, mask = _pad(batch, pad_id)
+                    for batch in token_batches(chunks, config.batch_tokens):
+                        ids, mask = pad_batch(batch, pad_id)
                         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                             hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
                         pooler.add([c.row for c in batch], hidden.float(), mask.to(device), [c.first for c in batch])
@@ -321,7 +329,7 @@ def run_embed(config: EmbedConfig, data_uri: str, model_uri: str, unified_uri: s
                        precision="bf16" if bf16 else "fp32", compiled=compiled)
 
 
-def _pad(batch: list[_Chunk], pad_id: int):
+def pad_batch(batch: list[Chunk], pad_id: int):
     """Right-padded ids and the real-token mask of one batch."""
     import torch
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from msenc_lib.embed import _batches, _Chunk, chunk_sequence
+from msenc_lib.embed import Chunk, chunk_sequence, token_batches
 
 SEP = 99
 
@@ -27,8 +27,8 @@ def test_window_without_separator_is_cut_hard():
 
 def test_batches_respect_the_padded_token_budget():
     rng = np.random.default_rng(0)
-    chunks = [_Chunk(i, np.zeros(int(n)), True) for i, n in enumerate(rng.integers(1, 50, size=40))]
-    batches = list(_batches(chunks, batch_tokens=100))
+    chunks = [Chunk(i, np.zeros(int(n)), True) for i, n in enumerate(rng.integers(1, 50, size=40))]
+    batches = list(token_batches(chunks, batch_tokens=100))
     assert sorted(c.row for b in batches for c in b) == list(range(40))
     for b in batches:
         width = max(len(c.ids) for c in b)

@@ -26,6 +26,11 @@ SEQUENCE_SETS: dict[str, str] = {
     "qdv_seq": "per cycle up to N: Qd_c(V) - Qd_ref(V) on 100 voltage points (BatteryML's LSTM input)",
     "embedding_seq": "per cycle up to N: the encoder's embedding of the cycle (the LSTM head's input)",
 }
+FINETUNE_SETS: dict[str, str] = {
+    "finetuned": "per cycle (every finetune_stride-th) up to N: the cycle's token sequence through the pretrained "
+                 "encoder, pooled as embed does; encoder and LSTM head trained end to end (needs finetune)",
+}
+FINETUNED_ROW = "finetuned/lstm"
 CAPACITY_SETS: dict[str, str] = {
     "none": "no model: persistence, capacity(c + k) = capacity(c)",
     "embedding": "the embedding of cycle c",
@@ -37,7 +42,7 @@ TABULAR_MODELS = ("dummy", "linear", "elastic_net", "ridge", "pcr", "plsr", "gpr
 SEQUENCE_MODELS = ("lstm", "cnn")
 BASELINE_MODELS = ("persistence",)
 SEVERSON_SETS: tuple[str, ...] = ("variance", "discharge", "full")
-EMBEDDING_SETS: tuple[str, ...] = ("embedding", "embedding_seq")
+EMBEDDING_SETS: tuple[str, ...] = ("embedding", "embedding_seq", "finetuned")
 
 # BatteryML's table order (README: Dummy, Variance, Discharge, Full, Ridge, PCR, PLSR, GPR, XGBoost, RF, MLP, CNN,
 # LSTM), then the rows BatteryML has no config for (SVR, Severson's own elastic net), the embedding heads and the
@@ -97,7 +102,7 @@ class EvaluateConfig(StageConfig):
         description="cycle_life and rul: the <feature set>/<model> rows, in the report's order (default: "
         "BatteryML's table order, then Severson's elastic net, the embedding heads, the random control). Feature "
         f"sets {list(TABULAR_SETS)} with models {list(TABULAR_MODELS)}; {list(SEQUENCE_SETS)} with "
-        f"{list(SEQUENCE_MODELS)}")
+        f"{list(SEQUENCE_MODELS)}; {FINETUNED_ROW} (cycle_life only) with finetune")
     curve_rows: list[str] = Field(
         default_factory=lambda: list(DEFAULT_CURVE_ROWS),
         description="early_curve: the rows scored at every N (each costs len(early_cycles) fits per seed)")
@@ -157,6 +162,33 @@ class EvaluateConfig(StageConfig):
         "cycle n: the recurrence costs time per step; 1 = every cycle, as BatteryML")
     seq_lr: float = Field(3e-3, gt=0, description="lstm, cnn: learning rate")
     seq_weight_decay: float = Field(1e-3, ge=0, description="lstm, cnn: AdamW weight decay")
+    finetune: bool = Field(
+        False, description=f"add the row {FINETUNED_ROW} to cycle_life (after the embedding heads unless rows place "
+        "it): the pretrained encoder (the stage's model input, --model-dir) and an LSTM head trained end to end on "
+        "the train cells' token sequences (--sequences-dir), early stopping on the validation cells; the head is "
+        "first fitted on the frozen encoder's vectors (seq_epochs, the step with the lowest validation error kept). "
+        "Costs about finetune_epochs x (train cells x N / finetune_stride) cycle forward+backward passes per seed; "
+        "the model folder is only read")
+    finetune_stride: int = Field(
+        10, ge=1, description="finetune: read every k-th cycle (cycle numbers divisible by k, the window's latest "
+        "sequence when that cycle is missing) up to N: bounds the cost")
+    finetune_epochs: int = Field(8, ge=1, description="finetune: most passes over the train cells")
+    finetune_patience: int = Field(
+        2, ge=1, description="finetune: stop after this many epochs without a lower validation RMSE; the best "
+        "epoch's weights predict (epoch 0: the head on the frozen encoder)")
+    finetune_early_stopping: bool = Field(
+        True, description="finetune: select the head's warm-up step and the epoch by the validation cells' error; "
+        "false: run all seq_epochs and finetune_epochs and predict with the last weights")
+    finetune_lr: float = Field(1e-4, gt=0, description="finetune: the encoder's learning rate (the head's is seq_lr)")
+    finetune_batch_cells: int = Field(
+        4, ge=1, description="finetune: train cells per optimiser step (memory grows with cells x cycles x tokens)")
+    finetune_batch_tokens: int = Field(32_768, gt=0, description="finetune: token budget of one encoder forward "
+                                       "pass (padding included)")
+    finetune_pooling: str | None = Field(
+        None, description="finetune: how token states become a cycle's vector (embed's pooling modes); default: "
+        "the pooling recorded with the embeddings (their embed_config.yaml), else mean")
+    finetune_device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="finetune: auto = cuda, then mps, then cpu (float32 everywhere)")
     n_jobs: int = Field(1, description="threads for the random-forest trees (-1: all cores); results do not "
                         "depend on it")
     plots: bool = Field(True, description="write PNG plots and inline them in report.html")
@@ -171,10 +203,13 @@ class EvaluateConfig(StageConfig):
 
     @field_validator("rows", "curve_rows")
     @classmethod
-    def _rows(cls, v: list[str]) -> list[str]:
+    def _rows(cls, v: list[str], info) -> list[str]:
         for row in v:
             fs, _, model = row.partition("/")
-            if fs in SEQUENCE_SETS:
+            if fs in FINETUNE_SETS:
+                if info.field_name != "rows" or row != FINETUNED_ROW:
+                    raise ValueError(f"row {row!r}: the fine-tuned row is {FINETUNED_ROW!r}, in rows (cycle_life) only")
+            elif fs in SEQUENCE_SETS:
                 check_row(row, SEQUENCE_SETS, SEQUENCE_MODELS, "sequence")
             else:
                 check_row(row, TABULAR_SETS, TABULAR_MODELS, "tabular")
@@ -246,6 +281,22 @@ class EvaluateConfig(StageConfig):
         if v not in preset_names():
             raise ValueError(f"unknown split preset {v!r}; presets: {', '.join(preset_names())}")
         return v
+
+    @model_validator(mode="after")
+    def _finetune(self) -> "EvaluateConfig":
+        if FINETUNED_ROW in self.rows and not self.finetune:
+            raise ValueError(f"row {FINETUNED_ROW} needs finetune: true (with the model and the token sequences)")
+        if not self.finetune:
+            return self
+        if "cycle_life" not in self.tasks:
+            raise ValueError("finetune scores the cycle_life task: add cycle_life to tasks")
+        if FINETUNED_ROW not in self.rows:
+            rows = list(self.rows)
+            embedding = [i for i, r in enumerate(rows) if r.partition("/")[0] in EMBEDDING_SETS]
+            control = [i for i, r in enumerate(rows) if r.startswith("random/")]
+            rows.insert(embedding[-1] + 1 if embedding else control[0] if control else len(rows), FINETUNED_ROW)
+            self.rows = rows
+        return self
 
     @model_validator(mode="after")
     def _windows(self) -> "EvaluateConfig":

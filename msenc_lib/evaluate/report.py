@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from msenc_lib import __version__
+from msenc_lib.evaluate.config import EMBEDDING_SETS
 from msenc_lib.evaluate.regressors import MODEL_TEXT
 
 SUBSET_STYLE = {"train": dict(color="#9a9a9a", s=18, alpha=0.55, zorder=2, edgecolors="none"),
@@ -23,6 +24,8 @@ FEATURE_SET_TEXT = {
     "embedding": "the encoder's per-cycle embeddings of the cell, aggregated over its cycles up to N (cycle_life, "
                  "rul), or the embedding of cycle c (capacity)",
     "embedding_seq": "the sequence of the cell's per-cycle embeddings up to N, read by a trained LSTM head",
+    "finetuned": "every k-th cycle up to N through the pretrained encoder (pooled as the embeddings), encoder and "
+                 "LSTM head trained end to end on the train cells (early stopping on the validation cells)",
     "random": "control: seeded random numbers in place of the embeddings (same size, same aggregation); "
               "anything it 'predicts' is chance or the mean",
     "variance": "Severson's single feature: log10 of the variance of ΔQ(V) = Q_N(V) − Q_10(V), the change of "
@@ -150,7 +153,7 @@ def featured_rows(task: dict, focus: str) -> list[dict]:
     key = lambda r: r["subsets"][focus]["rmse"]  # noqa: E731
     picks = [next((r for r in scored if r["model"] in ("dummy", "persistence")), None),
              min((r for r in scored if is_hand_feature(r["feature_set"], r["model"])), key=key, default=None),
-             min((r for r in scored if r["feature_set"].startswith("embedding")), key=key, default=None),
+             min((r for r in scored if r["feature_set"] in EMBEDDING_SETS), key=key, default=None),
              min(scored, key=key, default=None)]
     out = []
     for r in picks:
@@ -219,7 +222,7 @@ def plot_rmse_bars(path: Path, task: dict, title: str) -> None:
                      for r in rows])
     errs = np.array([r["subsets"][focus].get("rmse_std") or 0.0 for r in rows])
     fig, ax = _figure(figsize=(max(6.0, 0.42 * len(rows) + 2), 3.8))
-    colors = ["#4a7" if r["feature_set"].startswith("embedding") else "#bbb" if r["feature_set"] in (
+    colors = ["#4a7" if r["feature_set"] in EMBEDDING_SETS else "#bbb" if r["feature_set"] in (
         "random", "none") else "#5b8cc6" for r in rows]
     x = np.arange(len(rows))
     bars = ax.bar(x, vals, yerr=errs, color=colors, capsize=2)

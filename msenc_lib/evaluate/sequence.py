@@ -15,6 +15,7 @@ Features are standardised with the train rows' cycles, the target with the train
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,11 +46,7 @@ def fit_predict_sequence(model: str, X: np.ndarray, row_cell: np.ndarray, row_po
     row_cell = np.asarray(row_cell, dtype=np.int64)
     row_pos = np.asarray(row_pos, dtype=np.int64)
     train = np.asarray(train, dtype=bool)
-    seen = np.zeros(X.shape[:2], dtype=bool)  # the cycles the train rows may read
-    for c, p in zip(row_cell[train], row_pos[train]):
-        seen[c, : p + 1] = True
-    mu = X[seen].mean(0)
-    sd = X[seen].std(0) + 1e-6
+    mu, sd = standardisation(X, row_cell, row_pos, train)
     Xs = torch.from_numpy((X - mu) / sd)
     y_mu, y_sd = float(y[train].mean()), float(y[train].std() + 1e-9)
     yt = torch.from_numpy(((np.asarray(y, dtype=np.float64) - y_mu) / y_sd).astype(np.float32))
@@ -57,14 +54,12 @@ def fit_predict_sequence(model: str, X: np.ndarray, row_cell: np.ndarray, row_po
     hp = {"hidden": hidden, "epochs": epochs, "lr": lr, "weight_decay": weight_decay}
     if model == "lstm":
         hp["layers"] = layers
-        net = _LSTM(n_feat, hidden, layers)
+        net = LSTMHead(n_feat, hidden, layers)
         pos_t = torch.from_numpy(row_pos)
         used = np.unique(row_cell)
 
         def forward(rows: np.ndarray):
-            out = net(Xs[torch.from_numpy(used)])
-            where = np.searchsorted(used, row_cell[rows])
-            return out[torch.from_numpy(where), pos_t[rows]]
+            return net.read_out(net(Xs[torch.from_numpy(used)]), np.searchsorted(used, row_cell[rows]), pos_t[rows])
     else:
         window = int(row_pos.min()) + 1
         hp["window"] = window
@@ -76,24 +71,51 @@ def fit_predict_sequence(model: str, X: np.ndarray, row_cell: np.ndarray, row_po
         def forward(rows: np.ndarray):
             return net(windows[torch.from_numpy(rows)])
 
-    tr = np.flatnonzero(train)
+    loss = train_full_batch(net, forward, np.flatnonzero(train), yt, epochs=epochs, lr=lr, weight_decay=weight_decay)
+    with torch.no_grad():
+        pred = forward(np.arange(len(row_cell))).double().numpy() * y_sd + y_mu
+    return SequenceFit(model=model, predictions=pred, train_rmse=math.sqrt(loss) * y_sd, hyperparameters=hp)
+
+
+def standardisation(X: np.ndarray, row_cell: np.ndarray, row_pos: np.ndarray, train: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the features over the cycles the train rows may read."""
+    seen = np.zeros(X.shape[:2], dtype=bool)
+    for c, p in zip(row_cell[train], row_pos[train]):
+        seen[c, : p + 1] = True
+    return X[seen].mean(0), X[seen].std(0) + 1e-6
+
+
+def train_full_batch(net: nn.Module, forward, rows: np.ndarray, yt: torch.Tensor, *, epochs: int, lr: float,
+                     weight_decay: float, monitor: np.ndarray | None = None) -> float:
+    """``epochs`` full-batch AdamW steps on the MSE of ``forward(rows)`` against ``yt[rows]`` (gradients clipped
+    to norm 1); the last step's loss. With ``monitor`` rows, the weights of the step with their lowest MSE are
+    kept (early stopping). Leaves ``net`` in eval mode."""
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    net.train()
     loss = torch.tensor(float("nan"))
+    best, best_state = math.inf, None
     for _ in range(epochs):
+        net.train()
         opt.zero_grad()
-        loss = nn.functional.mse_loss(forward(tr), yt[tr])
+        loss = nn.functional.mse_loss(forward(rows), yt[rows])
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        if monitor is not None and monitor.size:
+            net.eval()
+            with torch.no_grad():
+                watched = float(nn.functional.mse_loss(forward(monitor), yt[monitor]))
+            if watched < best:
+                best, best_state = watched, {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if best_state is not None:
+        net.load_state_dict(best_state)
     net.eval()
-    with torch.no_grad():
-        pred = forward(np.arange(len(row_cell))).double().numpy() * y_sd + y_mu
-    return SequenceFit(model=model, predictions=pred, train_rmse=float(loss.sqrt().item()) * y_sd,
-                       hyperparameters=hp)
+    return float(loss.item())
 
 
-class _LSTM(nn.Module):
+class LSTMHead(nn.Module):
+    """Stacked LSTM over (cells, T, F) with a linear read-out at every step: (cells, T) predictions."""
+
     def __init__(self, n_feat: int, hidden: int, layers: int):
         super().__init__()
         self.rnn = nn.LSTM(n_feat, hidden, num_layers=layers, batch_first=True)
@@ -102,6 +124,11 @@ class _LSTM(nn.Module):
     def forward(self, x):
         h, _ = self.rnn(x)
         return self.out(h).squeeze(-1)  # (cells, T): a prediction at every cycle
+
+    @staticmethod
+    def read_out(out: torch.Tensor, cell: np.ndarray, pos) -> torch.Tensor:
+        """The predictions of rows (cell index into ``out``, position): causal, each has seen cycles <= pos."""
+        return out[torch.as_tensor(cell), torch.as_tensor(pos)]
 
 
 class _CNN(nn.Module):

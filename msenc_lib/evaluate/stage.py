@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,8 @@ from msenc_lib.evaluate import tasks as T
 from msenc_lib.evaluate.config import (
     BASELINE_MODELS,
     EMBEDDING_SETS,
+    FINETUNE_SETS,
+    FINETUNED_ROW,
     SEQUENCE_SETS,
     SEVERSON_SETS,
     EvaluateConfig,
@@ -40,6 +42,9 @@ from msenc_lib.evaluate.inputs import (
     read_unified_summary,
 )
 from msenc_lib.progress import progress_bar
+
+if TYPE_CHECKING:
+    from msenc_lib.evaluate.finetune import FineTuner
 
 FORMAT_VERSION = 2
 HEADLINE_METRICS = ("rmse", "mae", "mape", "r2")
@@ -70,9 +75,11 @@ class Inputs:
         self.kind, self.get, self.n_features, self.names = kind, get, n_features, names
 
 
-def _inputs(problem: T.Problem, fs: str, ctx: FeatureContext, unified, emb: Embeddings, cfg: EvaluateConfig
-            ) -> tuple[Inputs, dict[int, str]]:
+def _inputs(problem: T.Problem, fs: str, ctx: FeatureContext, unified, emb: Embeddings, cfg: EvaluateConfig,
+            tuner: FineTuner | None = None) -> tuple[Inputs, dict[int, str]]:
     rows = problem.rows
+    if fs in FINETUNE_SETS:
+        return Inputs("finetune", lambda seed: tuner, tuner.dim, []), tuner.reasons(rows)
     if fs in SEQUENCE_SETS:
         seq, reasons = ctx.sequences(fs, rows)
         return Inputs("seq", lambda seed: seq, int(seq.X.shape[2]) if seq.X.ndim == 3 else 0, []), reasons
@@ -98,20 +105,21 @@ def _inputs(problem: T.Problem, fs: str, ctx: FeatureContext, unified, emb: Embe
 
 
 def prepare(problem: T.Problem, specs: list[str], ctx: FeatureContext, unified, emb: Embeddings,
-            cfg: EvaluateConfig) -> tuple[T.Problem, dict[str, Inputs], np.ndarray, dict]:
+            cfg: EvaluateConfig, tuner: FineTuner | None = None
+            ) -> tuple[T.Problem, dict[str, Inputs], np.ndarray, dict]:
     """Inputs of every feature set; rows any set cannot describe dropped (cells losing all rows -> excluded)."""
     sets = list(dict.fromkeys(s.partition("/")[0] for s in specs))
     reasons: dict[int, list[str]] = {}
     inputs = {}
     for fs in sets:
-        inp, why = _inputs(problem, fs, ctx, unified, emb, cfg)
+        inp, why = _inputs(problem, fs, ctx, unified, emb, cfg, tuner)
         inputs[fs] = inp
         for i, r in why.items():
             reasons.setdefault(i, []).append(r)
     keep = np.array([i not in reasons for i in range(len(problem.rows))], dtype=bool)
     kept = problem.keep(keep)
     for fs, inp in inputs.items():
-        if inp.kind != "seq":  # sequences are per cell; rows find their cell and cycle in them
+        if inp.kind not in ("seq", "finetune"):  # sequences are per cell; rows find their cell and cycle in them
             inp.get = (lambda g: (lambda seed: g(seed)[keep]))(inp.get)
     cells_before = {c for c, _ in problem.rows}
     cells_after = {c for c, _ in kept.rows}
@@ -186,6 +194,10 @@ def score(problem: T.Problem, specs: list[str], inputs: dict[str, Inputs], split
                                        hidden=cfg.seq_hidden, layers=cfg.seq_layers, epochs=cfg.seq_epochs,
                                        lr=cfg.seq_lr, weight_decay=cfg.seq_weight_decay)
             raw, hp, cv = fit.predictions, {**fit.hyperparameters, "stride": k}, float("nan")
+            raw = 10.0**raw if problem.log_target else raw
+        elif inp.kind == "finetune":
+            fit = inp.get(seed).fit_predict(problem.rows, y_fit, train, problem.subset == "validation", seed)
+            raw, hp, cv = fit.predictions, fit.hyperparameters, float("nan")
             raw = 10.0**raw if problem.log_target else raw
         else:
             X = inp.get(seed)
@@ -359,10 +371,13 @@ def _adopt_preset_defaults(cfg: EvaluateConfig, split: Split, warnings: list[str
 
 
 def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, split_config_uri: str | None,
-                 output_uri: str, overwrite: bool = False) -> EvaluateResult:
+                 output_uri: str, overwrite: bool = False, model_uri: str | None = None,
+                 sequences_uri: str | None = None) -> EvaluateResult:
     """Evaluate embeddings against BatteryML's baselines and Severson's features on one split (design.md §7).
 
-    ``split_config_uri`` may be None when ``config.split_preset`` names a standard split. Writes to
+    ``split_config_uri`` may be None when ``config.split_preset`` names a standard split. ``config.finetune``
+    needs ``model_uri`` (the pretrained model folder, only read) and ``sequences_uri`` (the embedding-mode
+    preprocessed dataset the embeddings were made from) for the ``finetuned/lstm`` row. Writes to
     ``output_uri`` (through :func:`storage.publish`: nothing is left there on failure): ``metrics.json``,
     prediction tables, PNG plots, ``summary.md``, ``report.html`` (self-contained) and ``evaluate_config.yaml``.
     """
@@ -370,8 +385,15 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
 
     start = time.perf_counter()
     output_uri = str(output_uri)
+    if config.finetune and not (model_uri and sequences_uri):
+        missing = [name for name, v in (("the pretrained model folder (--model-dir)", model_uri),
+                                        ("the embedding-mode token sequences (--sequences-dir)", sequences_uri))
+                   if not v]
+        raise ConfigError(f"finetune needs {' and '.join(missing)}")
     storage.check_output_free(output_uri, overwrite)  # before the work, not only when publishing
     warnings: list[str] = []
+    if not config.finetune and (model_uri or sequences_uri):
+        warnings.append("a model / token sequences were given without finetune: they are not read")
     emb = read_embeddings(str(embeddings_uri))
     split = _resolve_split(config, str(unified_uri), emb, split_config_uri, warnings)
     cfg = _adopt_preset_defaults(config, split, warnings)
@@ -380,8 +402,8 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     emb = Embeddings(table=emb.table[emb.table["cell_key"].isin(set(split.cells))].reset_index(drop=True),
                      val_columns=emb.val_columns, source=emb.source, dropped_empty_rows=emb.dropped_empty_rows)
 
-    specs_of = {"cycle_life": cfg.rows, "early_curve": cfg.curve_rows, "rul": cfg.rows,
-                "capacity": cfg.capacity_rows}
+    specs_of = {"cycle_life": cfg.rows, "early_curve": cfg.curve_rows, "capacity": cfg.capacity_rows,
+                "rul": [r for r in cfg.rows if r.partition("/")[0] not in FINETUNE_SETS]}
     used = {t: specs_of[t] for t in cfg.tasks}
     sets = {s.partition("/")[0] for t, specs in used.items() if t != "capacity" for s in specs}
     ns = set()
@@ -400,6 +422,12 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
         curve_cycles={float(x) for n in ns for x in (n, cfg.ref_for(n))},
         coarse_last_cycle=last if "qdv_seq" in sets else None, progress=cfg.progress)
     ctx = FeatureContext(cfg, emb, unified)
+    tuner = None
+    if cfg.finetune:
+        from msenc_lib.evaluate.finetune import FineTuner, embeddings_pooling
+
+        tuner = FineTuner(cfg, str(model_uri), str(sequences_uri), split.cells, cfg.first_cycles,
+                          embeddings_pooling(str(embeddings_uri)))
     log.info("split %s: %s; embeddings: %d rows, dim %d", split.source,
              {k: len(v) for k, v in split.subsets.items()}, len(emb.table), emb.dim)
 
@@ -407,7 +435,7 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     predictions: dict[str, pd.DataFrame] = {}
 
     def run_task(problem: T.Problem, specs: list[str], label: str) -> tuple[dict, pd.DataFrame]:
-        kept, inputs, _, dropped = prepare(problem, specs, ctx, unified, emb, cfg)
+        kept, inputs, _, dropped = prepare(problem, specs, ctx, unified, emb, cfg, tuner)
         results, preds = score(kept, specs, inputs, split, cfg, label)
         for x in kept.excluded:
             log.warning("%s: cell %s (%s) excluded: %s", label, x["cell_key"], x["subset"], x["reason"])
@@ -420,6 +448,9 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
             doc["min_cycle"] = cfg.min_cycle
             doc["severson_ir_features"] = unified.has_ir
             doc["embedding_aggregation"] = {"methods": cfg.aggregation, "window": cfg.delta_window}
+            if tuner is not None:
+                doc["finetune"] = {"row": FINETUNED_ROW, "model": tuner.model_uri, "sequences": tuner.sequences_uri,
+                                   "pooling": tuner.pooling, "stride": cfg.finetune_stride, "device": tuner.device}
             doc["target_stats"] = {s: {"min": float(np.min(v)), "median": float(np.median(v)),
                                        "max": float(np.max(v))}
                                    for s, v in preds.groupby("subset", sort=False)["true"]}
@@ -458,7 +489,8 @@ def run_evaluate(config: EvaluateConfig, embeddings_uri: str, unified_uri: str, 
     doc = _clean({
         "format": layout.EVALUATION_FORMAT, "format_version": FORMAT_VERSION,
         "inputs": {"embeddings": str(embeddings_uri), "unified": str(unified_uri),
-                   "split": str(split_config_uri) if split_config_uri else f"preset:{cfg.split_preset}"},
+                   "split": str(split_config_uri) if split_config_uri else f"preset:{cfg.split_preset}",
+                   **({"model": str(model_uri), "sequences": str(sequences_uri)} if tuner else {})},
         "config": json.loads(cfg.model_dump_json()), "seeds": cfg.seed_list(), "metrics": names,
         "std": "population standard deviation (ddof 0) over the fitting seeds",
         "dataset": dataset, "tasks": tasks_doc, "headline": headline, "key_figures": keys, "best": best,
