@@ -193,7 +193,9 @@ def register(subparsers) -> None:
                        "Python environment; --runner docker runs every step in the msenc image through a "
                        "Docker-API socket (DOCKER_HOST: docker, or podman's 'podman system service'). All "
                        "artifacts land under OUTPUT_DIR/pipeline_root; the report is copied to "
-                       "OUTPUT_DIR/report.html.")
+                       "OUTPUT_DIR/report.html. The evaluation is the full default (every row, 3 fitting seeds); "
+                       "--param evaluate_config_yaml='{seeds: 1, rows: [none/dummy, embedding/elastic_net]}' "
+                       "sets any 'msenc evaluate' field for a quicker run.")
     r.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
     r.add_argument("--output-dir", required=True)
     r.add_argument("--data-size", choices=["tiny", "demo", "bench"], help="embedded synthetic data size")

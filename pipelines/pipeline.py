@@ -198,6 +198,7 @@ def build_pipeline(options: Optional[PipelineOptions] = None):
         pooling: str = "mean",
         first_cycles: int = 100,
         horizon: int = 20,
+        evaluate_config_yaml: str = "",
         export_uri: str = "",
     ) -> HTML:
         source_hash = fingerprint_op(uri=data_source_uri)
@@ -240,7 +241,8 @@ def build_pipeline(options: Optional[PipelineOptions] = None):
         _platform(embed, "embed", opts).set_display_name("embed")
 
         evaluate = evaluate_op(embeddings=embed.outputs["embeddings"], unified=unified,
-                               split=split.outputs["subsets"], first_cycles=first_cycles, horizon=horizon)
+                               split=split.outputs["subsets"], first_cycles=first_cycles, horizon=horizon,
+                               config_yaml=evaluate_config_yaml)
         _platform(evaluate, "evaluate", opts).set_display_name("evaluate")
 
         with dsl.If(export_uri != "", name="export requested"):

@@ -14,8 +14,13 @@ import pytest
 import msenc_lib.model  # noqa: F401  (registers the model with transformers' Auto* classes)
 from msenc_lib import storage
 
+# Every task, a few rows and one fitting seed: these runs are about the pipeline's wiring and artifacts (the
+# default evaluation's 25 rows x 3 seeds take minutes per run; tests/test_evaluate_demo.py checks its quality).
+LIGHT_EVALUATION = {"seeds": 1, "rows": ["none/dummy", "discharge/linear", "embedding/elastic_net"],
+                    "curve_rows": ["none/dummy", "embedding/elastic_net"], "early_cycles": [50, 100],
+                    "capacity_rows": ["none/persistence", "embedding/elastic_net"]}
 TINY_ARGS = {"data_size": "tiny", "preset": "tiny", "max_steps": 30, "ratio_train": 0.6, "ratio_validation": 0.15,
-             "train_config_yaml": "log_every: 1"}
+             "train_config_yaml": "log_every: 1", "evaluate_config_yaml": json.dumps(LIGHT_EVALUATION)}
 
 
 def _task_dirs(pipeline_root: str) -> dict[str, Path]:
@@ -95,6 +100,12 @@ def test_subprocess_pipeline_artifacts(tiny_run):
     evaluation = tasks["evaluate"]
     metrics = json.loads((evaluation / "evaluation" / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"cycle_life", "early_curve", "rul", "capacity"}
+    # evaluate_config_yaml reached the step: its rows, curve and seeds, the pipeline's first_cycles and horizon
+    assert {k: metrics["config"][k] for k in LIGHT_EVALUATION} == LIGHT_EVALUATION
+    assert [f"{r['feature_set']}/{r['model']}" for r in metrics["tasks"]["cycle_life"]["results"]] == \
+        LIGHT_EVALUATION["rows"]
+    assert [p["n"] for p in metrics["tasks"]["early_curve"]["curve"]] == LIGHT_EVALUATION["early_cycles"]
+    assert (metrics["config"]["first_cycles"], metrics["config"]["horizon"]) == (100, 20)
     # the Metrics artifact (kfp.local keeps its values in the step's executor output): key figures + headline
     executor = json.loads((evaluation / "executor_output.json").read_text())
     kfp_metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]

@@ -21,11 +21,10 @@ from fake_k8s import FakeCluster
 from kfp_replay import HARNESS_ENV, PipelineReplay, StepFailed
 from msenc_pipelines.cli import COMMITTED_PACKAGE
 from test_manifests import PROFILE, kustomize
+from test_pipeline_local import TINY_ARGS as TINY  # the tiny data, a short training, a light evaluation
 
 pytestmark = pytest.mark.slow
 
-TINY = {"data_size": "tiny", "preset": "tiny", "max_steps": 30, "ratio_train": 0.6, "ratio_validation": 0.15,
-        "train_config_yaml": "log_every: 1"}
 JOB = {"backend": "pytorchjob", "workers": 2, "gpus_per_worker": 0, "job_cpu": "1", "job_memory": "2Gi"}
 IMAGE_ENV = {"PATH", "VIRTUAL_ENV", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "MPLCONFIGDIR", "HF_HOME", "LANG"}
 POD_ENV = {"KFP_POD_NAME", "KFP_POD_UID", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "HOSTNAME"}

@@ -18,7 +18,7 @@ def evaluate(
     first_cycles: int = 100,
     horizon: int = 20,
     seed: int = 42,
-    seeds: int = 3,
+    seeds: int = 0,
     config_yaml: str = "",
 ):
     """Downstream evaluation of the encoder's embeddings on the split's cells.
@@ -26,7 +26,9 @@ def evaluate(
     Cycle life from the first ``first_cycles`` cycles, the early-prediction curve, remaining useful life and
     capacity ``horizon`` cycles ahead; every row of BatteryML's table (dummy, Severson's models, ridge, PCR,
     PLSR, GPR, gradient boosting, random forest, MLP, CNN, LSTM) beside the embedding heads, mean ± std over
-    ``seeds`` fitting seeds. Writes metrics.json, predictions and plots to ``evaluation``, the key figures and
+    ``seeds`` fitting seeds (0 keeps the config's: ``config_yaml``'s, else 3). ``config_yaml`` sets further
+    EvaluateConfig fields (tasks, rows, grids, ...); ``first_cycles``, ``horizon``, ``seed`` and a non-zero
+    ``seeds`` win over it. Writes metrics.json, predictions and plots to ``evaluation``, the key figures and
     held-out means to ``metrics``, the Markdown tables to ``summary`` and the self-contained report to ``report``.
     """
     from msenc_lib.kfp_support import step_errors
@@ -39,7 +41,7 @@ def evaluate(
         from msenc_lib.kfp_support import component_config, log_metrics
 
         cfg = component_config(EvaluateConfig, config_yaml, first_cycles=first_cycles, horizon=horizon, seed=seed,
-                               seeds=seeds, progress=False)
+                               progress=False, **({"seeds": seeds} if seeds else {}))
         result = run_evaluate(cfg, embeddings.path, unified.path, storage.join(split.path, layout.SPLIT_CONFIG),
                               evaluation.path, overwrite=True)
         log_metrics(metrics, {**result.key_figures, **result.headline})
