@@ -237,3 +237,19 @@ def test_quality_probe_finds_what_the_embedding_holds():
     assert found["capacity"]["r2"] > 0.99 and found["rows"]["r2"] < 0.1
     blind = probe(holds.drop(columns="val_8"), targets)
     assert blind["capacity"]["r2"] < 0.1
+
+
+@pytest.mark.slow
+def test_ablation_bench_quick(tmp_path):
+    out = tmp_path / "ablation.json"
+    _run("ablation_bench.py", "--output", str(out), "--variants", "base,no_policy_columns")
+    report = json.loads(out.read_text())
+    base, lean = report["variants"]["base"], report["variants"]["no_policy_columns"]
+    assert base["pretrain"]["steps"] == lean["pretrain"]["steps"] == 4
+    assert set(lean["excluded_columns"]) - set(base["excluded_columns"]) == {
+        "charge_policy_Q1", "charge_policy_Q2", "charge_policy_Q3", "charge_policy_Q4"}
+    assert sum(lean["tokens"].values()) < 0.9 * sum(base["tokens"].values())  # the policy columns are gone
+    for v in (base, lean):
+        assert v["probe"]["capacity"]["rmse"] > 0 and v["probe"]["dim"] > 0
+        assert 0 < v["cycle_life_rmse"] < float("inf") and 0 < v["rul_rmse"] < float("inf")
+        assert set(v["figures"]) == {"cycle_life", "rul"}
