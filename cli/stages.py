@@ -241,7 +241,7 @@ and one self-contained report.html.
 'msenc train' wrote; only read) and an LSTM head trained end to end on the train cells' token sequences
 (--sequences-dir, the embedding-mode dataset 'msenc embed' read), every --finetune-stride-th cycle up to N,
 pooled as the embeddings were, early stopping on the validation cells, the encoder at --finetune-lr:
-  msenc evaluate --embeddings-dir emb/ --unified-dir unified/ --split-config split/ --output-dir eval/ \
+  msenc evaluate --embeddings-dir emb/ --unified-dir unified/ --split-config split/ --output-dir eval/ \\
       --finetune --model-dir model/ --sequences-dir emb_seqs/
 A CLI/stage option: the pipeline's evaluate step does not receive the model and the sequences.
 """,
