@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretraining ablations at equal steps: what the sequences contain and the masking rate.
 
-    python benchmarks/ablation_bench.py --steps 800              # the committed run
+    python benchmarks/ablation_bench.py --steps 1000             # the committed run
     python benchmarks/ablation_bench.py --quick                  # smoke run (tiny data, a few steps)
 
 Every variant is a full pretraining schedule of ``--steps`` steps from the same seed (so, unlike the quality
@@ -29,23 +29,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
-from quality_bench import EMBEDDING_ROWS, EXCLUDED, figures, life_rmse, probe, probe_targets  # noqa: E402
+from quality_bench import (EMBEDDING_ROWS, EXCLUDED, best_embedding_rmse, figures, probe,  # noqa: E402
+                           probe_targets)
 
 NAME = "ablation_bench"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "ablation_bench.json"
 POLICY_COLUMNS = ["charge_policy_Q1", "charge_policy_Q2", "charge_policy_Q3", "charge_policy_Q4"]
-VARIANTS = {"base": (EXCLUDED, 0.15), "mask_0.30": (EXCLUDED, 0.30), "no_policy_columns": (EXCLUDED + POLICY_COLUMNS, 0.15)}
-
-
-def rul_rmse(best: dict) -> float:
-    found = {k.split("/")[1]: v for k, v in best.items() if k.startswith("rul/") and k.endswith("/best_embedding_rmse")}
-    return found.get("test", next(iter(found.values()), float("inf")))
+VARIANTS = {"base": (EXCLUDED, 0.15), "mask_0.30": (EXCLUDED, 0.30),
+            "no_policy_columns": (EXCLUDED + POLICY_COLUMNS, 0.15)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=800, help="pretraining steps of every variant (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1000, help="pretraining steps of every variant (default: %(default)s)")
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON report (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny data, tiny preset, 4 steps, 1 seed")
     p.add_argument("--preset", default=None, help="model preset (default: small; tiny with --quick)")
@@ -119,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 "excluded_columns": excluded, "mask_probability": mask, "split": cells,
                 "tokens": {k: v.weight for k, v in split.subsets.items()}, "token_unit": split.weight_unit,
                 "pretrain": {"steps": model.steps, "final_loss": model.final_loss, "seconds": model.seconds},
-                "probe": probe(emb, targets), "best": best, "cycle_life_rmse": life_rmse(best),
-                "rul_rmse": rul_rmse(best), "figures": figures(doc), "seconds": round(time.perf_counter() - t0, 1)}
+                "probe": probe(emb, targets), "best": best, "cycle_life_rmse": best_embedding_rmse(best),
+                "rul_rmse": best_embedding_rmse(best, "rul"), "figures": figures(doc),
+                "seconds": round(time.perf_counter() - t0, 1)}
             bc.write_json(a.output, report)  # a partial report survives an interrupted run
         report["machine_at_end"] = bc.machine()
         bc.write_json(a.output, report)

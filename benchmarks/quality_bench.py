@@ -212,10 +212,10 @@ def pool_pass(data_dir: str, model_dir: str, template, poolings=EXPERIMENT_POOLI
     return out
 
 
-def life_rmse(best: dict) -> float:
-    """The best embedding row's cycle-life RMSE among key figures (the test subset, else the held-out one)."""
+def best_embedding_rmse(best: dict, task: str = "cycle_life") -> float:
+    """The best embedding row's RMSE on ``task`` among key figures (the test subset, else the held-out one)."""
     found = {k.split("/")[1]: v for k, v in best.items()
-             if k.startswith("cycle_life/") and k.endswith("/best_embedding_rmse")}
+             if k.startswith(f"{task}/") and k.endswith("/best_embedding_rmse")}
     return found.get("test", next(iter(found.values()), float("inf")))
 
 
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 if a.pooling in pooled else None
             for name, frame in pooled.items():
                 experiment("pooling", name, frame)
-            exp["best_pooling"] = best_pool = min(pooled, key=lambda n: life_rmse(exp["pooling"][n]["best"]))
+            exp["best_pooling"] = best_pool = min(
+                pooled, key=lambda n: best_embedding_rmse(exp["pooling"][n]["best"]))
 
             from msenc_lib.model import MultiscaleEncoderForMaskedLM
             from msenc_lib.train.checkpoint import list_checkpoints, load_checkpoint
