@@ -90,22 +90,29 @@ def main(argv: list[str] | None = None) -> int:
                           str(root / "unified"), overwrite=True)
         targets = probe_targets(str(root / "unified"))
         split_cfg = None
+        tokenised: dict[tuple[str, ...], tuple[Path, object]] = {}  # variants with the same tokens share them
         for name in names:
             excluded, mask = VARIANTS[name]
             d = root / name
-            bc.log(NAME, f"{name}: preprocess, pretrain {steps} steps (mask {mask}), embed, probe, evaluate ...")
+            bc.log(NAME, f"{name}: tokens, pretrain {steps} steps (mask {mask}), embed, probe, evaluate ...")
             t0 = time.perf_counter()
-            for shuffled, out in ((True, "train_seqs"), (False, "embed_seqs")):
-                run_preprocess(PreprocessConfig(is_training_shuffled=shuffled, exclude_features=excluded,
-                                                progress=False), str(root / "unified"), str(d / out), overwrite=True)
-            split = run_split(SplitConfig(seed=a.seed, progress=False), str(d / "train_seqs"), str(d / "split"),
-                              overwrite=True)
-            cells = json.loads((d / "split" / layout.SPLIT_CONFIG).read_text())  # the pretraining's cells
-            split_cfg = split_cfg or str(d / "split" / layout.SPLIT_CONFIG)  # every variant is scored on base's
+            if tuple(excluded) not in tokenised:
+                data = root / f"tokens_{len(tokenised)}"
+                for shuffled, out in ((True, "train_seqs"), (False, "embed_seqs")):
+                    run_preprocess(PreprocessConfig(is_training_shuffled=shuffled, exclude_features=excluded,
+                                                    progress=False), str(root / "unified"), str(data / out),
+                                   overwrite=True)
+                tokenised[tuple(excluded)] = data, run_split(SplitConfig(seed=a.seed, progress=False),
+                                                             str(data / "train_seqs"), str(data / "split"),
+                                                             overwrite=True)
+            data, split = tokenised[tuple(excluded)]
+            cells = json.loads((data / "split" / layout.SPLIT_CONFIG).read_text())  # the pretraining's cells
+            split_cfg = split_cfg or str(data / "split" / layout.SPLIT_CONFIG)  # every variant is scored on base's
             model = run_train(TrainConfig(preset=preset, max_steps=steps, seed=a.seed, device="cpu", progress=False,
                                           eval_every=0, save_every=0, early_stopping_patience=0,
-                                          mask_probability=mask), str(d / "split"), str(d / "model"), overwrite=True)
-            run_embed(EmbedConfig(pooling="mean", device="cpu", progress=False), str(d / "embed_seqs"),
+                                          mask_probability=mask), str(data / "split"), str(d / "model"),
+                              overwrite=True)
+            run_embed(EmbedConfig(pooling="mean", device="cpu", progress=False), str(data / "embed_seqs"),
                       str(d / "model"), str(root / "unified"), str(d / "embeddings"), overwrite=True)
             emb = pd.read_parquet(d / "embeddings" / layout.EMBEDDINGS_FILE)
             run_evaluate(EvaluateConfig(**settings), str(d / "embeddings"), str(root / "unified"), split_cfg,
